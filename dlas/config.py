@@ -1,0 +1,210 @@
+"""Structured schemas for every config group, registered in Hydra's ConfigStore.
+
+Each YAML option pulls its schema in with ``/schema/<group>/<option>@_here_``, so a
+misspelt key or a wrong type in a YAML file or on the command line is an error at
+compose time instead of a silently ignored value. Value ranges (``amount`` in [0, 1),
+existing dataset roots...) are checked by the component constructors, which run
+before any MLflow run is opened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+# ---------------------------------------------------------------- layer 1: dataset
+
+
+@dataclass
+class DatasetConf:
+    _target_: str = "dlas.data.get_datamodule"
+    name: str = MISSING
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
+@dataclass
+class PackagedDigitsConf(DatasetConf):
+    """Datasets that ship inside a Python package, split stratified by class."""
+
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    image_size: int = 32
+
+
+@dataclass
+class Cifar10Conf(DatasetConf):
+    root: str | None = None
+    download: bool = False
+    val_fraction: float = 0.1
+    augment: bool = True
+
+
+@dataclass
+class ImageNetConf(DatasetConf):
+    root: str | None = None
+    image_size: int = 224
+    classes: Any = None  # null (all), an int N (first N sorted wnids) or a list of wnids
+    val_fraction: float = 0.02
+    augment: bool = True
+
+
+@dataclass
+class SyntheticConf(DatasetConf):
+    num_samples: int = 512
+    image_size: int = 32
+    in_channels: int = 3
+    num_classes: int = 10
+    val_fraction: float = 0.125
+    test_fraction: float = 0.125
+
+
+# ---------------------------------------------------------------- layer 2: model
+
+
+@dataclass
+class ModelConf:
+    _target_: str = "dlas.models.get_model"
+    name: str = MISSING
+    pretrained: bool = False
+    stem: str = "auto"  # auto | imagenet | cifar | compact, see dlas.models.zoo
+
+
+# ---------------------------------------------------------------- layer 3: compression
+
+
+@dataclass
+class CompressionConf:
+    _target_: str = "dlas.compression.get_compression"
+    name: str = MISSING
+    finetune_epochs: int = 0
+    finetune_lr: float = 0.01
+
+
+@dataclass
+class PruneConf(CompressionConf):
+    amount: float = 0.5
+    steps: int = 1  # >1: iterative schedule, fine-tuning after each step
+
+
+@dataclass
+class ChannelPruneConf(CompressionConf):
+    amount: float = 0.5
+    steps: int = 1
+    norm: int = 2  # Lp norm of the filter-group magnitude importance
+
+
+@dataclass
+class QuantConf(CompressionConf):
+    calibration_batches: int = 8
+    qat: bool = False  # fine-tune with quantization-aware training when finetune_epochs > 0
+
+
+# ---------------------------------------------------------------- layers 4-6 (consumed by deploy)
+
+
+@dataclass
+class AlgorithmConf:
+    name: str = MISSING
+    data_format: str = "dense"
+    sparsity_threshold: float = 0.0
+    block_size: int = 4
+    fallback: str = "direct"
+
+
+@dataclass
+class CompilerConf:
+    name: str = MISSING
+    trials: int = 0
+    trials_per_task: int = 0
+    work_dir: str | None = None
+
+
+@dataclass
+class HardwareConf:
+    name: str = MISSING
+    threads: int = 0  # 0: every core of the host
+    target: Any = None
+    target_host: Any = None
+    host: str | None = None
+    port: int | None = None
+    key: str | None = None
+
+
+# ---------------------------------------------------------------- training and tracking
+
+
+@dataclass
+class TrainerConf:
+    max_epochs: int = 3
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    scheduler: str = "onecycle"  # onecycle | cosine | none
+    label_smoothing: float = 0.0
+    deterministic: Any = "warn"
+    progress_bar: Any = "auto"  # auto: rich bar on a terminal, quiet in CI / pipes
+    limit_train_batches: Any = None
+    limit_eval_batches: Any = None
+
+
+@dataclass
+class TrackingConf:
+    uri: str = "sqlite:///mlruns/mlflow.db"
+    experiment: str = "dlas"
+    artifact_root: str | None = None  # default: <dir of the sqlite db>/artifacts
+    run_name: str | None = None
+
+
+@dataclass
+class Config:
+    dataset: Any = MISSING
+    model: Any = MISSING
+    compression: Any = MISSING
+    algorithm: Any = MISSING
+    compiler: Any = MISSING
+    hardware: Any = MISSING
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+    tracking: TrackingConf = field(default_factory=TrackingConf)
+    seed: int = 0
+    cache_dir: str = ".cache/dlas"
+    use_cache: bool = True
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "dataset": {
+        "mnist5k": PackagedDigitsConf,
+        "digits": PackagedDigitsConf,
+        "cifar10": Cifar10Conf,
+        "imagenet": ImageNetConf,
+        "synthetic": SyntheticConf,
+    },
+    "model": {"zoo": ModelConf},
+    "compression": {
+        "none": CompressionConf,
+        "prune": PruneConf,
+        "channel_prune": ChannelPruneConf,
+        "quant": QuantConf,
+        "fp16": CompressionConf,
+    },
+    "algorithm": {"base": AlgorithmConf},
+    "compiler": {"base": CompilerConf},
+    "hardware": {"base": HardwareConf},
+    "trainer": {"base": TrainerConf},
+    "tracking": {"base": TrackingConf},
+}
+
+
+def register_configs() -> None:
+    """Register the schemas; idempotent, called on ``import dlas``."""
+    cs = ConfigStore.instance()
+    cs.store(name="dlas_schema", node=Config)
+    for group, options in SCHEMAS.items():
+        for option, node in options.items():
+            cs.store(group=f"schema/{group}", name=option, node=node)

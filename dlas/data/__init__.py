@@ -1,0 +1,22 @@
+"""Layer 1 of the stack: datasets and problem spaces, one door ``get_datamodule``."""
+
+from __future__ import annotations
+
+from dlas.data.base import ImageClassificationData
+from dlas.data.cifar10 import Cifar10
+from dlas.data.imagenet import ImageNet
+from dlas.data.packaged import Digits, Mnist5k
+from dlas.data.synthetic import Synthetic
+from dlas.registry import Registry
+
+DATASETS: Registry[ImageClassificationData] = Registry("dataset")
+for _cls in (Mnist5k, Digits, Cifar10, ImageNet, Synthetic):
+    DATASETS.register(_cls.name)(_cls)
+
+
+def get_datamodule(name: str, **kwargs) -> ImageClassificationData:
+    """Build the LightningDataModule registered as ``name`` (see ``DATASETS.names()``)."""
+    return DATASETS.build(name, **kwargs)
+
+
+__all__ = ["DATASETS", "ImageClassificationData", "get_datamodule"]

@@ -1,0 +1,36 @@
+"""Layer 2 of the stack: models and neural architectures, one door ``get_model``."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch import nn
+
+from dlas.models.zoo import ZOO, build_zoo_model
+from dlas.registry import Registry
+
+MODELS: Registry[nn.Module] = Registry("model")
+for _name in ZOO:
+    MODELS.register(_name)(partial(build_zoo_model, _name))
+
+
+def get_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    input_size: int = 224,
+    **kwargs,
+) -> nn.Module:
+    """Build model ``name`` for ``num_classes`` classes on ``in_channels`` x ``input_size``²
+    images. Extra keyword arguments go to the family's builder (``pretrained``, ``stem``)."""
+    return MODELS.build(
+        name, num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs
+    )
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+__all__ = ["MODELS", "get_model", "list_models"]

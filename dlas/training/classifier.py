@@ -1,0 +1,83 @@
+"""The LightningModule that trains, fine-tunes and evaluates any layer-2/3 model."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("onecycle", "cosine", "none")
+
+
+class Classifier(pl.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        num_classes: int,
+        lr: float = 0.1,
+        optimizer: str = "sgd",
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        scheduler: str = "onecycle",
+        label_smoothing: float = 0.0,
+        input_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"trainer.optimizer={optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"trainer.scheduler={scheduler!r}; valid choices: {', '.join(SCHEDULERS)}")
+        self.model = model
+        self.lr, self.optimizer_name, self.momentum = lr, optimizer, momentum
+        self.weight_decay, self.scheduler_name = weight_decay, scheduler
+        self.label_smoothing = label_smoothing
+        self.input_dtype = input_dtype
+        top5 = min(5, num_classes)
+        for split in ("train", "val", "test"):
+            setattr(self, f"{split}_top1", MulticlassAccuracy(num_classes, top_k=1, average="micro"))
+            setattr(self, f"{split}_top5", MulticlassAccuracy(num_classes, top_k=top5, average="micro"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.input_dtype)).float()
+
+    def _step(self, batch, split: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        top1, top5 = getattr(self, f"{split}_top1"), getattr(self, f"{split}_top5")
+        top1(logits, y)
+        top5(logits, y)
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True)
+        self.log(f"{split}/top1", top1, on_step=False, on_epoch=True, prog_bar=split != "train")
+        self.log(f"{split}/top5", top5, on_step=False, on_epoch=True)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.optimizer_name == "sgd":
+            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
+                                  weight_decay=self.weight_decay, nesterov=self.momentum > 0)
+        else:
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.scheduler_name == "none":
+            return opt
+        steps = int(self.trainer.estimated_stepping_batches)
+        if self.scheduler_name == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=max(steps, 1))
+        else:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

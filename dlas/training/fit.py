@@ -1,0 +1,88 @@
+"""Training, fine-tuning and evaluation through one configured Lightning Trainer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from dlas.data.base import ImageClassificationData
+from dlas.training.classifier import Classifier
+
+for _noisy in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
+               "lightning.pytorch.utilities.rank_zero", "lightning_fabric"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*isinstance.*treespec.*")
+
+
+def show_progress(setting: Any) -> bool:
+    """``auto``: a live bar on an interactive terminal, nothing in CI logs or pipes."""
+    if setting == "auto":
+        return sys.stderr.isatty() and not os.environ.get("CI")
+    return bool(setting)
+
+
+class Trainer:
+    """Builds Lightning trainers from the ``trainer`` config for each stage of a run."""
+
+    def __init__(self, cfg: Any, data: ImageClassificationData, logger: Any = None) -> None:
+        self.cfg, self.data, self.logger = cfg, data, logger
+
+    def _lightning(self, epochs: int, stage: str) -> pl.Trainer:
+        callbacks = []
+        progress = show_progress(self.cfg.progress_bar)
+        if progress:
+            from pytorch_lightning.callbacks import RichProgressBar
+
+            callbacks.append(RichProgressBar(leave=True))
+        limit_train = self.cfg.limit_train_batches
+        limit_eval = self.cfg.limit_eval_batches
+        return pl.Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            devices=1,
+            deterministic=self.cfg.deterministic,
+            logger=self.logger.for_stage(stage) if self.logger else False,
+            enable_checkpointing=False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            callbacks=callbacks,
+            num_sanity_val_steps=0,
+            limit_train_batches=limit_train if limit_train is not None else 1.0,
+            limit_val_batches=limit_eval if limit_eval is not None else 1.0,
+            limit_test_batches=limit_eval if limit_eval is not None else 1.0,
+            log_every_n_steps=10,
+        )
+
+    def _module(self, model: nn.Module, lr: float, input_dtype: torch.dtype = torch.float32) -> Classifier:
+        c = self.cfg
+        return Classifier(
+            model, num_classes=self.data.num_classes, lr=lr, optimizer=c.optimizer,
+            momentum=c.momentum, weight_decay=c.weight_decay, scheduler=c.scheduler,
+            label_smoothing=c.label_smoothing, input_dtype=input_dtype,
+        )
+
+    def fit(self, model: nn.Module, epochs: int, lr: float | None = None, stage: str = "train") -> nn.Module:
+        module = self._module(model, lr if lr is not None else self.cfg.lr)
+        self._lightning(epochs, stage).fit(module, datamodule=self.data)
+        return module.model
+
+    def finetuner(self, stage: str = "finetune"):
+        """The ``Finetune`` callable handed to a compression."""
+        return lambda model, epochs, lr: self.fit(model, epochs, lr, stage=stage)
+
+    def evaluate(self, model: nn.Module, input_dtype: torch.dtype = torch.float32) -> dict[str, float]:
+        """Test-set top-1/top-5 in percent."""
+        module = self._module(model, self.cfg.lr, input_dtype)
+        trainer = self._lightning(1, "test")
+        trainer.logger = None  # test metrics are logged once, by the stack, under their final names
+        (result,) = trainer.test(module, datamodule=self.data, verbose=False)
+        return {"top1": 100.0 * result["test/top1"], "top5": 100.0 * result["test/top5"]}
