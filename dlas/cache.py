@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 # Bump when a change to training or compression code makes old entries wrong.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def config_hash(payload: Any) -> str:
@@ -84,7 +84,9 @@ class StageCache:
                 torch.save(model, tmp / "model.pt")
             if program is not None:
                 torch.export.save(program, tmp / "model.pt2")
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))  # last: marks complete
+            (tmp / "meta.json").write_text(
+                json.dumps(meta, indent=1, default=str)
+            )  # last: marks complete
             if final.exists():  # a concurrent run got there first; same key, same content
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -7,11 +7,18 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def count_params(model: nn.Module) -> dict[str, int]:
+def structure(model: nn.Module) -> dict[str, float]:
+    """Parameters, non-zeros, the weight sparsity of conv/linear layers (what pruning
+    targets) and the number of conv output channels (what channel pruning removes)."""
     params = list(model.parameters())
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    weights = sum(m.weight.numel() for m in layers)
+    zeros = sum(m.weight.numel() - int(torch.count_nonzero(m.weight)) for m in layers)
     return {
         "params": sum(p.numel() for p in params),
         "nonzero_params": int(sum(int(torch.count_nonzero(p)) for p in params)),
+        "sparsity": zeros / max(weights, 1),
+        "conv_channels": sum(m.out_channels for m in layers if isinstance(m, nn.Conv2d)),
     }
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from dlas.cache import Entry, StageCache, config_hash
 from dlas.compression import Compression
 from dlas.data import ImageClassificationData
-from dlas.metrics import count_macs, count_params
+from dlas.metrics import count_macs, structure
 from dlas.models.export import export_model
 from dlas.tracking import RunLogger, flatten, tracked_run
 from dlas.training import Trainer
@@ -84,7 +84,15 @@ def run_params(point: Point, threads: int) -> dict[str, Any]:
     """The parameter schema every run shares: short names per layer, then every key."""
     cfg = point.cfg
     params: dict[str, Any] = {}
-    for group in ("dataset", "model", "compression", "algorithm", "compiler", "hardware", "trainer"):
+    for group in (
+        "dataset",
+        "model",
+        "compression",
+        "algorithm",
+        "compiler",
+        "hardware",
+        "trainer",
+    ):
         params.update(flatten(group, point.container(group)))
     params.update(
         {
@@ -103,8 +111,9 @@ def run_params(point: Point, threads: int) -> dict[str, Any]:
     return params
 
 
-def _measure(model: nn.Module, trainer: Trainer, data: ImageClassificationData,
-             input_dtype: torch.dtype) -> dict[str, float]:
+def _measure(
+    model: nn.Module, trainer: Trainer, data: ImageClassificationData, input_dtype: torch.dtype
+) -> dict[str, float]:
     example = data.example_batch(1)[0].to(input_dtype)
     return {**trainer.evaluate(model, input_dtype), **count_macs(model, example)}
 
@@ -117,32 +126,35 @@ def train_stage(point: Point, trainer: Trainer, cache: StageCache, key: str) -> 
     start = time.perf_counter()
     model = trainer.fit(point.model, point.cfg.trainer.max_epochs, stage="train")
     train_s = time.perf_counter() - start
-    meta = {"train_s": train_s, **_measure(model, trainer, point.data, torch.float32), **count_params(model)}
+    meta = {
+        "train_s": train_s,
+        **_measure(model, trainer, point.data, torch.float32),
+        **structure(model),
+    }
     return cache.save("train", key, meta=meta, model=model), False
 
 
-def compress_stage(point: Point, trainer: Trainer, cache: StageCache, key: str,
-                   baseline: Entry) -> tuple[Entry, bool]:
+def compress_stage(
+    point: Point, trainer: Trainer, cache: StageCache, key: str, baseline: Entry
+) -> tuple[Entry, bool]:
     hit = cache.load("compress", key)
     if hit is not None:
         return hit, True
     pl.seed_everything(point.cfg.seed, workers=True)
     parent = baseline.model()
-    structure = count_params(parent)  # quantization keeps the structure of its float parent
     start = time.perf_counter()
     model = point.compression.apply(copy.deepcopy(parent), point.data, trainer.finetuner())
     compress_s = time.perf_counter() - start
     dtype = point.compression.input_dtype
-    if any(True for _ in model.parameters()):
-        structure = count_params(model)
+    graph_only = isinstance(model, torch.fx.GraphModule)  # int8: the float parent's structure
     program = export_model(model, point.data.example_batch(2)[0].to(dtype))
     meta = {
         "compress_s": compress_s,
         **_measure(model, trainer, point.data, dtype),
-        **structure,
+        **structure(parent if graph_only else model),
         "report": point.compression.report,
     }
-    eager = None if isinstance(model, torch.fx.GraphModule) else model
+    eager = None if graph_only else model
     return cache.save("compress", key, meta=meta, program=program, model=eager), False
 
 
@@ -153,13 +165,23 @@ def run_point(cfg: DictConfig) -> dict[str, float]:
     keys = stage_keys(point)
     cache = StageCache(cfg.cache_dir, enabled=cfg.use_cache)
     tags = {
-        "dlas.config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True) | {"tracking": None}),
+        "dlas.config_hash": config_hash(
+            OmegaConf.to_container(cfg, resolve=True) | {"tracking": None}
+        ),
         "dlas.train_key": keys["train"],
         "dlas.compress_key": keys["compress"],
     }
-    name = cfg.tracking.run_name or f"{cfg.model.name}-{cfg.compression.name}-{cfg.algorithm.name}-{cfg.compiler.name}"
-    with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, run_name=name, tags=tags,
-                     artifact_root=cfg.tracking.artifact_root) as run:
+    name = (
+        cfg.tracking.run_name
+        or f"{cfg.model.name}-{cfg.compression.name}-{cfg.algorithm.name}-{cfg.compiler.name}"
+    )
+    with tracked_run(
+        cfg.tracking.uri,
+        cfg.tracking.experiment,
+        run_name=name,
+        tags=tags,
+        artifact_root=cfg.tracking.artifact_root,
+    ) as run:
         mlflow.log_params(run_params(point, threads))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         trainer = Trainer(cfg.trainer, point.data, RunLogger(cfg.tracking.uri, run))
@@ -167,20 +189,23 @@ def run_point(cfg: DictConfig) -> dict[str, float]:
         compressed, compress_hit = compress_stage(point, trainer, cache, keys["compress"], baseline)
         m = compressed.meta
         metrics = {
-            "top1": m["top1"], "top5": m["top5"],
-            "params": m["params"], "nonzero_params": m["nonzero_params"],
+            "top1": m["top1"],
+            "top5": m["top5"],
+            "params": m["params"],
+            "nonzero_params": m["nonzero_params"],
             "size_bytes": compressed.program_path.stat().st_size,
-            "macs": m["macs"], "nonzero_macs": m["nonzero_macs"],
-            "baseline_top1": baseline.meta["top1"], "baseline_params": baseline.meta["params"],
+            "macs": m["macs"],
+            "nonzero_macs": m["nonzero_macs"],
+            "baseline_top1": baseline.meta["top1"],
+            "baseline_params": baseline.meta["params"],
             "baseline_macs": baseline.meta["macs"],
             "train_s": 0.0 if train_hit else baseline.meta["train_s"],
             "compress_s": 0.0 if compress_hit else m["compress_s"],
             "cache_hit": float(compress_hit),
             "train_cache_hit": float(train_hit),
         }
-        for k in ("sparsity", "channels_kept"):
-            if k in m["report"]:
-                metrics[k] = m["report"][k]
+        metrics["sparsity"] = m["sparsity"]
+        metrics["channels_kept"] = m["conv_channels"] / baseline.meta["conv_channels"]
         mlflow.log_metrics(metrics)
         mlflow.set_tag("cache_hit", str(compress_hit).lower())
         mlflow.log_dict(m["report"], "compression_report.json")

@@ -34,7 +34,9 @@ class Compression:
     # the dtype the compressed model expects its input in
     input_dtype: torch.dtype = torch.float32
 
-    def apply(self, model: nn.Module, data: ImageClassificationData, finetune: Finetune) -> nn.Module:
+    def apply(
+        self, model: nn.Module, data: ImageClassificationData, finetune: Finetune
+    ) -> nn.Module:
         raise NotImplementedError
 
     @property

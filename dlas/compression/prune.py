@@ -34,19 +34,21 @@ class UnstructuredPrune(Compression):
     def apply(self, model, data, finetune):
         params = [(m, "weight") for _, m in prunable_layers(model)]
         for _ in range(self.steps):
-            prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=self.step_amount())
+            prune.global_unstructured(
+                params, pruning_method=prune.L1Unstructured, amount=self.step_amount()
+            )
             if self.finetune_epochs:
                 model = finetune(model, self.finetune_epochs, self.finetune_lr)
         for module, attr in params:
             prune.remove(module, attr)
-        per_layer = weight_sparsity(model)
-        total = sum(m.weight.numel() for _, m in prunable_layers(model))
-        zeros = sum(s * m.weight.numel() for (_, m), s in zip(prunable_layers(model), per_layer.values()))
+        weights = [m.weight for _, m in prunable_layers(model)]
+        total = sum(w.numel() for w in weights)
+        nonzero = sum(int(w.count_nonzero()) for w in weights)
         self.report = {
             "dtype": "float32",
             "prunable_params": total,
-            "prunable_nonzero": int(round(total - zeros)),
-            "sparsity": zeros / total,
-            "sparsity_per_layer": per_layer,
+            "prunable_nonzero": nonzero,
+            "sparsity": 1.0 - nonzero / total,
+            "sparsity_per_layer": weight_sparsity(model),
         }
         return model

@@ -71,7 +71,11 @@ class Int8Quantization(Compression):
     def apply(self, model: nn.Module, data, finetune):
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
         from torchao.quantization.pt2e import allow_exported_model_train_eval
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+        from torchao.quantization.pt2e.quantize_pt2e import (
+            convert_pt2e,
+            prepare_pt2e,
+            prepare_qat_pt2e,
+        )
 
         qat = self.qat and self.finetune_epochs > 0
         example = data.example_batch(2)[0]

@@ -6,8 +6,8 @@ numbers are known right after construction, before ``setup`` reads any file.
 
 from __future__ import annotations
 
-import torch
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 
@@ -51,9 +51,9 @@ class ImageClassificationData(pl.LightningDataModule):
     def input_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.image_size, self.image_size)
 
-    def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         self.setup()
-        assert dataset is not None
+        dataset = getattr(self, f"{split}_set")
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
             dataset,
@@ -65,17 +65,17 @@ class ImageClassificationData(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        return self._loader("train", self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        return self._loader("val", self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+        return self._loader("test", self.eval_batch_size, shuffle=False)
 
     def calibration_batches(self, n: int) -> list[torch.Tensor]:
         """Un-shuffled training images for quantization calibration (deterministic)."""
-        loader = self._loader(self.train_set, self.batch_size, shuffle=False)
+        loader = self._loader("train", self.batch_size, shuffle=False)
         batches = []
         for i, (x, _) in enumerate(loader):
             if i >= n:

@@ -13,13 +13,18 @@ from dlas.registry import check_fraction
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
+def batch_files_present(root: str) -> bool:
+    folder = os.path.join(root, CIFAR10.base_folder)
+    names = [f for f, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+    return all(os.path.isfile(os.path.join(folder, f)) for f in names)
+
+
 class _CIFAR10Files(CIFAR10):
     """torchvision's loader, checking that the batch files exist rather than re-hashing
     170 MB on every run: the archive's md5 is still verified when ``download=True``."""
 
     def _check_integrity(self) -> bool:
-        folder = os.path.join(self.root, self.base_folder)
-        return all(os.path.isfile(os.path.join(folder, f)) for f, _ in self.train_list + self.test_list)
+        return batch_files_present(self.root)
 
     def _load_meta(self) -> None:
         import pickle
@@ -50,7 +55,7 @@ class Cifar10(ImageClassificationData):
             )
         self.root = os.path.expanduser(root)
         self.download = download
-        if not download and not _CIFAR10Files(self.root, train=False, download=False)._check_integrity():
+        if not download and not batch_files_present(self.root):
             raise FileNotFoundError(
                 f"dataset.root={root!r} has no complete {CIFAR10.base_folder}/ "
                 f"(expected {', '.join(f for f, _ in CIFAR10.train_list + CIFAR10.test_list)}); "
@@ -62,7 +67,9 @@ class Cifar10(ImageClassificationData):
     def build_splits(self):
         norm = [T.ToTensor(), T.Normalize(MEAN, STD)]
         aug = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if self.augment else []
-        train_full = _CIFAR10Files(self.root, train=True, download=self.download, transform=T.Compose(aug + norm))
+        train_full = _CIFAR10Files(
+            self.root, train=True, download=self.download, transform=T.Compose(aug + norm)
+        )
         eval_full = _CIFAR10Files(self.root, train=True, download=False, transform=T.Compose(norm))
         test = _CIFAR10Files(self.root, train=False, download=False, transform=T.Compose(norm))
         train_idx, val_idx = random_split_indices(len(train_full), self.val_fraction, self.seed)

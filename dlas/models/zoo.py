@@ -24,7 +24,9 @@ from torch import nn
 STEMS = ("auto", "imagenet", "cifar", "compact")
 
 
-def _conv_like(old: nn.Conv2d, in_channels: int, kernel: int | None = None, stride: int | None = None) -> nn.Conv2d:
+def _conv_like(
+    old: nn.Conv2d, in_channels: int, kernel: int | None = None, stride: int | None = None
+) -> nn.Conv2d:
     k = kernel if kernel is not None else old.kernel_size[0]
     s = stride if stride is not None else old.stride[0]
     return nn.Conv2d(in_channels, old.out_channels, k, s, k // 2, bias=old.bias is not None)
@@ -41,14 +43,18 @@ def _set_stride(conv: nn.Conv2d, stride: int) -> None:
 # Each adapter gets the freshly built torchvision model and edits it in place.
 def _adapt_resnet(m: nn.Module, stem: str) -> None:
     if stem != "imagenet":
-        m.conv1 = _conv_like(m.conv1, m.conv1.in_channels, kernel=3, stride=1 if stem == "cifar" else 2)
+        m.conv1 = _conv_like(
+            m.conv1, m.conv1.in_channels, kernel=3, stride=1 if stem == "cifar" else 2
+        )
         m.maxpool = nn.Identity()
 
 
 def _adapt_densenet(m: nn.Module, stem: str) -> None:
     if stem != "imagenet":
         conv0 = m.features.conv0
-        m.features.conv0 = _conv_like(conv0, conv0.in_channels, kernel=3, stride=1 if stem == "cifar" else 2)
+        m.features.conv0 = _conv_like(
+            conv0, conv0.in_channels, kernel=3, stride=1 if stem == "cifar" else 2
+        )
         m.features.pool0 = nn.Identity()
 
 
@@ -116,7 +122,9 @@ def _set_in_channels(m: nn.Module, in_channels: int) -> None:
     new = _conv_like(conv, in_channels)
     new.stride, new.padding = conv.stride, conv.padding
     with torch.no_grad():  # keep what pretrained colour filters know, as luminance filters
-        new.weight.copy_(conv.weight.mean(dim=1, keepdim=True).expand_as(new.weight) * 3 / in_channels)
+        new.weight.copy_(
+            conv.weight.mean(dim=1, keepdim=True).expand_as(new.weight) * 3 / in_channels
+        )
     setattr(parent, attr, new)
 
 

@@ -20,7 +20,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 
 def sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 def setup_experiment(uri: str, experiment: str, artifact_root: str | None = None) -> str:
@@ -40,7 +40,11 @@ def setup_experiment(uri: str, experiment: str, artifact_root: str | None = None
 
 @contextmanager
 def tracked_run(
-    uri: str, experiment: str, *, run_name: str | None = None, tags: dict[str, str] | None = None,
+    uri: str,
+    experiment: str,
+    *,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
     artifact_root: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     experiment_id = setup_experiment(uri, experiment, artifact_root)

@@ -28,9 +28,13 @@ class Classifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"trainer.optimizer={optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}")
+            raise ValueError(
+                f"trainer.optimizer={optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}"
+            )
         if scheduler not in SCHEDULERS:
-            raise ValueError(f"trainer.scheduler={scheduler!r}; valid choices: {', '.join(SCHEDULERS)}")
+            raise ValueError(
+                f"trainer.scheduler={scheduler!r}; valid choices: {', '.join(SCHEDULERS)}"
+            )
         self.model = model
         self.lr, self.optimizer_name, self.momentum = lr, optimizer, momentum
         self.weight_decay, self.scheduler_name = weight_decay, scheduler
@@ -38,8 +42,12 @@ class Classifier(pl.LightningModule):
         self.input_dtype = input_dtype
         top5 = min(5, num_classes)
         for split in ("train", "val", "test"):
-            setattr(self, f"{split}_top1", MulticlassAccuracy(num_classes, top_k=1, average="micro"))
-            setattr(self, f"{split}_top5", MulticlassAccuracy(num_classes, top_k=top5, average="micro"))
+            setattr(
+                self, f"{split}_top1", MulticlassAccuracy(num_classes, top_k=1, average="micro")
+            )
+            setattr(
+                self, f"{split}_top5", MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.to(self.input_dtype)).float()
@@ -69,15 +77,22 @@ class Classifier(pl.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         if self.optimizer_name == "sgd":
-            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
-                                  weight_decay=self.weight_decay, nesterov=self.momentum > 0)
+            opt = torch.optim.SGD(
+                params,
+                lr=self.lr,
+                momentum=self.momentum,
+                weight_decay=self.weight_decay,
+                nesterov=self.momentum > 0,
+            )
         else:
             opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         if self.scheduler_name == "none":
             return opt
         steps = int(self.trainer.estimated_stepping_batches)
         if self.scheduler_name == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=max(steps, 1))
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=self.lr, total_steps=max(steps, 1)
+            )
         else:
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -15,8 +15,12 @@ from torch import nn
 from dlas.data.base import ImageClassificationData
 from dlas.training.classifier import Classifier
 
-for _noisy in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
-               "lightning.pytorch.utilities.rank_zero", "lightning_fabric"):
+for _noisy in (
+    "pytorch_lightning.utilities.rank_zero",
+    "pytorch_lightning.accelerators.cuda",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning_fabric",
+):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -62,15 +66,25 @@ class Trainer:
             log_every_n_steps=10,
         )
 
-    def _module(self, model: nn.Module, lr: float, input_dtype: torch.dtype = torch.float32) -> Classifier:
+    def _module(
+        self, model: nn.Module, lr: float, input_dtype: torch.dtype = torch.float32
+    ) -> Classifier:
         c = self.cfg
         return Classifier(
-            model, num_classes=self.data.num_classes, lr=lr, optimizer=c.optimizer,
-            momentum=c.momentum, weight_decay=c.weight_decay, scheduler=c.scheduler,
-            label_smoothing=c.label_smoothing, input_dtype=input_dtype,
+            model,
+            num_classes=self.data.num_classes,
+            lr=lr,
+            optimizer=c.optimizer,
+            momentum=c.momentum,
+            weight_decay=c.weight_decay,
+            scheduler=c.scheduler,
+            label_smoothing=c.label_smoothing,
+            input_dtype=input_dtype,
         )
 
-    def fit(self, model: nn.Module, epochs: int, lr: float | None = None, stage: str = "train") -> nn.Module:
+    def fit(
+        self, model: nn.Module, epochs: int, lr: float | None = None, stage: str = "train"
+    ) -> nn.Module:
         module = self._module(model, lr if lr is not None else self.cfg.lr)
         self._lightning(epochs, stage).fit(module, datamodule=self.data)
         return module.model
@@ -79,7 +93,9 @@ class Trainer:
         """The ``Finetune`` callable handed to a compression."""
         return lambda model, epochs, lr: self.fit(model, epochs, lr, stage=stage)
 
-    def evaluate(self, model: nn.Module, input_dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, input_dtype: torch.dtype = torch.float32
+    ) -> dict[str, float]:
         """Test-set top-1/top-5 in percent."""
         module = self._module(model, self.cfg.lr, input_dtype)
         trainer = self._lightning(1, "test")

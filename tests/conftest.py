@@ -1,0 +1,71 @@
+"""Shared fixtures: an isolated MLflow store and stage cache per test, tiny data, and
+helpers that run the real entry point (``train.py``) in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A stack point small enough to train in seconds: 1 epoch of 2 batches of 16 images.
+FAST = [
+    "dataset.batch_size=16",
+    "dataset.eval_batch_size=64",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_eval_batches=1",
+    "trainer.progress_bar=false",
+]
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> dict[str, str]:
+    """A tracking URI and cache dir private to one test."""
+    return {
+        "uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+        "cache": str(tmp_path / "cache"),
+        "tmp": str(tmp_path),
+    }
+
+
+def overrides(workdir: dict[str, str], *extra: str) -> list[str]:
+    return [f"tracking.uri={workdir['uri']}", f"cache_dir={workdir['cache']}", *FAST, *extra]
+
+
+def compose(*args: str):
+    """The same config train.py would get for these overrides."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import dlas  # noqa: F401
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(args))
+
+
+def run_entry(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CI": "1", "HYDRA_FULL_ERROR": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def runs(uri: str, experiment: str = "dlas"):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
