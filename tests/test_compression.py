@@ -131,3 +131,11 @@ def test_amount_outside_unit_interval_is_rejected(name, amount):
 def test_unknown_compression_names_choices():
     with pytest.raises(ValueError, match="unknown compression 'int4'.*channel_prune.*quant"):
         get_compression("int4")
+
+
+def test_export_is_in_eval_mode_even_after_training():
+    model = resnet().train()
+    program = export_model(model, torch.randn(2, 3, 32, 32))
+    x = torch.randn(3, 3, 32, 32)  # train-mode BatchNorm would use this batch's statistics
+    with torch.no_grad():
+        assert torch.allclose(program.module()(x), model.eval()(x), atol=1e-5)

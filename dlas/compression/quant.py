@@ -79,7 +79,7 @@ class Int8Quantization(Compression):
 
         qat = self.qat and self.finetune_epochs > 0
         example = data.example_batch(2)[0]
-        graph = export_model(model.train(qat), example)
+        graph = export_model(model, example, train=qat)
         gm = split_reused_modules(graph.module())
         quantizer = xiq.X86InductorQuantizer().set_global(
             xiq.get_default_x86_inductor_quantization_config(is_qat=qat)

@@ -11,8 +11,12 @@ from torch import nn
 BATCH = torch.export.Dim("batch", min=1, max=4096)
 
 
-def export_model(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
-    """Export for inference; the example's batch must be >= 2 so that it stays symbolic."""
+def export_model(
+    model: nn.Module, example: torch.Tensor, *, train: bool = False
+) -> torch.export.ExportedProgram:
+    """Export for inference (eval mode: BatchNorm uses its running statistics) unless
+    ``train`` (quantization-aware training); the batch dimension stays symbolic."""
+    model.train(train)
     if example.shape[0] < 2:
         example = example.expand(2, *example.shape[1:]).contiguous()
     try:
