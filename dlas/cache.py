@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlas.models.export import load_program
+
 # Bump when a change to training or compression code makes old entries wrong.
 CACHE_VERSION = 3
 
@@ -48,12 +50,12 @@ class Entry:
             return torch.load(eager, weights_only=False)
         from torchao.quantization.pt2e import allow_exported_model_train_eval
 
-        module = torch.export.load(self.program_path).module()
+        module = load_program(self.program_path).module()
         allow_exported_model_train_eval(module)
         return module
 
     def program(self) -> torch.export.ExportedProgram:
-        return torch.export.load(self.program_path)
+        return load_program(self.program_path)
 
 
 class StageCache:

@@ -120,9 +120,22 @@ class AlgorithmConf:
 @dataclass
 class CompilerConf:
     name: str = MISSING
-    trials: int = 0
-    trials_per_task: int = 0
-    work_dir: str | None = None
+    trials: int = 0  # MetaSchedule trials in total (tvm_autoschedule)
+    trials_per_task: int = 0  # 0: no per-task cap
+    work_dir: str = "${cache_dir}/tuning"  # tuning databases, keyed by workload and target
+
+
+@dataclass
+class MeasureConf:
+    """The verification and latency protocol every compiler goes through."""
+
+    batch_size: int = 1
+    warmup: int = 1
+    repeat: int = 10
+    number: int = 3
+    verify_samples: int = 256
+    tolerance: float | None = None  # null: by compute dtype (see dlas.deployment.tolerance)
+    timeout_s: float = 900
 
 
 @dataclass
@@ -172,6 +185,9 @@ class Config:
     hardware: Any = MISSING
     trainer: TrainerConf = field(default_factory=TrainerConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
+    measure: MeasureConf = field(default_factory=MeasureConf)
+    deploy: bool = True  # run layers 4-6 after training; false: layers 1-3 only
+    model_uri: str | None = None  # deploy.py: an MLflow run's model, e.g. runs:/<id>/model
     seed: int = 0
     cache_dir: str = ".cache/dlas"
     use_cache: bool = True
@@ -198,6 +214,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "hardware": {"base": HardwareConf},
     "trainer": {"base": TrainerConf},
     "tracking": {"base": TrackingConf},
+    "measure": {"base": MeasureConf},
 }
 
 

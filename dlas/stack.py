@@ -9,9 +9,12 @@ its structure, and log all of it under one schema shared by every point.
 from __future__ import annotations
 
 import copy
+import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -25,7 +28,7 @@ from dlas.cache import Entry, StageCache, config_hash
 from dlas.compression import Compression
 from dlas.data import ImageClassificationData
 from dlas.metrics import count_macs, structure
-from dlas.models.export import export_model
+from dlas.models.export import export_model, load_program
 from dlas.tracking import RunLogger, flatten, tracked_run
 from dlas.training import Trainer
 
@@ -158,32 +161,84 @@ def compress_stage(
     return cache.save("compress", key, meta=meta, program=program, model=eager), False
 
 
+def program_dtype(program: torch.export.ExportedProgram) -> tuple[torch.dtype, str]:
+    """(input dtype, compute dtype name) of a compressed model's exported program."""
+    from dlas.compiler.int8 import is_quantized
+
+    user_inputs = set(program.graph_signature.user_inputs)
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name in user_inputs)
+    input_dtype = node.meta["val"].dtype
+    if is_quantized(program):
+        return input_dtype, "int8"
+    return input_dtype, str(input_dtype).removeprefix("torch.")
+
+
+def deploy_and_log(
+    cfg: DictConfig, device: Any, point: Point, program_path: Path, reference: nn.Module
+) -> dict[str, float]:
+    """Layers 4-6 on a compressed model, logged into the active run."""
+    from dlas.deployment import deploy
+
+    program = load_program(program_path)
+    input_dtype, dtype = program_dtype(program)
+    with tempfile.TemporaryDirectory(prefix="dlas-deploy-") as tmp:
+        result = deploy(
+            cfg,
+            device,
+            program,
+            program_path,
+            reference,
+            point.data,
+            input_dtype,
+            dtype,
+            Path(tmp),
+            Path(cfg.compiler.work_dir),
+        )
+        mlflow.log_params(result.params)
+        mlflow.log_metrics(result.metrics)
+        mlflow.log_dict({"layers": result.layers}, "layers.json")
+        mlflow.log_artifact(str(result.artifact), "compiled")
+    return result.metrics
+
+
+def open_run(cfg: DictConfig, tags: dict[str, str]):
+    """An MLflow run named after the stack point, tagged with its config hash."""
+    name = (
+        cfg.tracking.run_name
+        or f"{cfg.model.name}-{cfg.compression.name}-{cfg.algorithm.name}-{cfg.compiler.name}"
+    )
+    resolved = OmegaConf.to_container(cfg, resolve=True) | {"tracking": None}
+    tags = {"dlas.config_hash": config_hash(resolved), **tags}
+    return tracked_run(
+        cfg.tracking.uri,
+        cfg.tracking.experiment,
+        run_name=name,
+        tags=tags,
+        artifact_root=cfg.tracking.artifact_root,
+    )
+
+
+def check_systems_layers(cfg: DictConfig) -> Any:
+    """Layers 4-6 are validated inside the run, before training: a bad choice (winograd
+    with csr, cuda without a GPU, an unreachable tracker) ends the run FAILED, named."""
+    if not cfg.deploy:
+        return None
+    from dlas.deployment import check_layers
+
+    return check_layers(cfg)
+
+
 def run_point(cfg: DictConfig) -> dict[str, float]:
     point = build_point(cfg)
     threads = resolve_threads(cfg.hardware.threads)
     torch.set_num_threads(threads)
     keys = stage_keys(point)
     cache = StageCache(cfg.cache_dir, enabled=cfg.use_cache)
-    tags = {
-        "dlas.config_hash": config_hash(
-            OmegaConf.to_container(cfg, resolve=True) | {"tracking": None}
-        ),
-        "dlas.train_key": keys["train"],
-        "dlas.compress_key": keys["compress"],
-    }
-    name = (
-        cfg.tracking.run_name
-        or f"{cfg.model.name}-{cfg.compression.name}-{cfg.algorithm.name}-{cfg.compiler.name}"
-    )
-    with tracked_run(
-        cfg.tracking.uri,
-        cfg.tracking.experiment,
-        run_name=name,
-        tags=tags,
-        artifact_root=cfg.tracking.artifact_root,
-    ) as run:
+    tags = {"dlas.train_key": keys["train"], "dlas.compress_key": keys["compress"]}
+    with open_run(cfg, tags) as run:
         mlflow.log_params(run_params(point, threads))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        device = check_systems_layers(cfg)
         trainer = Trainer(cfg.trainer, point.data, RunLogger(cfg.tracking.uri, run))
         baseline, train_hit = train_stage(point, trainer, cache, keys["train"])
         compressed, compress_hit = compress_stage(point, trainer, cache, keys["compress"], baseline)
@@ -209,4 +264,67 @@ def run_point(cfg: DictConfig) -> dict[str, float]:
         mlflow.log_metrics(metrics)
         mlflow.set_tag("cache_hit", str(compress_hit).lower())
         mlflow.log_dict(m["report"], "compression_report.json")
+        mlflow.log_artifact(str(compressed.program_path), "model")
+        mlflow.log_dict(compressed.meta | {"baseline": baseline.meta}, "model/meta.json")
+        if device is not None:
+            metrics |= deploy_and_log(
+                cfg, device, point, compressed.program_path, compressed.model()
+            )
     return metrics
+
+
+def model_from_uri(uri: str) -> tuple[Path, dict[str, Any]]:
+    """The compressed program and metadata that an earlier train.py run logged."""
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    folder = local if local.is_dir() else local.parent
+    program, meta = folder / "model.pt2", folder / "meta.json"
+    if not program.exists():
+        raise FileNotFoundError(f"model_uri={uri!r} holds no model.pt2 (expected runs:/<id>/model)")
+    return program, json.loads(meta.read_text()) if meta.exists() else {}
+
+
+def deploy_point(cfg: DictConfig) -> dict[str, float]:
+    """Layers 4-6 alone, on the compressed model of the same upstream layers (stage
+    cache) or of ``model_uri``; never trains. Logs a run with the train.py schema."""
+    point = build_point(cfg)
+    threads = resolve_threads(cfg.hardware.threads)
+    torch.set_num_threads(threads)
+    keys = stage_keys(point)
+    with open_run(cfg, {"dlas.compress_key": keys["compress"], "dlas.entry": "deploy"}):
+        mlflow.log_params(run_params(point, threads))
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        from dlas.deployment import check_layers
+
+        device = check_layers(cfg)
+        if cfg.model_uri:
+            program_path, meta = model_from_uri(cfg.model_uri)
+            reference = load_program(program_path).module()
+            mlflow.set_tag("dlas.model_uri", cfg.model_uri)
+        else:
+            entry = StageCache(cfg.cache_dir).load("compress", keys["compress"])
+            if entry is None:
+                raise FileNotFoundError(
+                    f"no trained+compressed model in {cfg.cache_dir} for dataset="
+                    f"{cfg.dataset.name} model={cfg.model.name} compression={cfg.compression.name} "
+                    "with these settings: run train.py with the same overrides first, or pass "
+                    "model_uri=runs:/<run_id>/model"
+                )
+            program_path, meta, reference = entry.program_path, entry.meta, entry.model()
+        if meta:
+            mlflow.log_metrics(
+                {
+                    k: meta[k]
+                    for k in (
+                        "top1",
+                        "top5",
+                        "params",
+                        "nonzero_params",
+                        "macs",
+                        "nonzero_macs",
+                        "sparsity",
+                    )
+                    if k in meta
+                }
+                | {"size_bytes": program_path.stat().st_size}
+            )
+        return deploy_and_log(cfg, device, point, program_path, reference)

@@ -32,3 +32,11 @@ def serialized_size(program: torch.export.ExportedProgram) -> int:
     buf = io.BytesIO()
     torch.export.save(program, buf)
     return buf.getbuffer().nbytes
+
+
+def load_program(path) -> torch.export.ExportedProgram:
+    """``torch.export.load`` that also reads int8 programs: their quantize/dequantize ops
+    (``torch.ops.quantized_decomposed``) exist only once torchao's PT2E module is imported."""
+    import torchao.quantization.pt2e  # noqa: F401  (registers quantized_decomposed ops)
+
+    return torch.export.load(path)

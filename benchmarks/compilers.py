@@ -1,0 +1,149 @@
+"""Time every zoo model under every compiler at 32x32, batch 1, on this machine.
+
+    python benchmarks/compilers.py --trials 200 --trials-per-task 16 [--models resnet18 vgg16]
+
+For each model (random weights: dense inference time does not depend on their values;
+BatchNorm statistics are randomized so that folding is real work): PyTorch eager,
+torch.compile, onnxruntime, TVM untuned and TVM auto-scheduled (MetaSchedule with the
+stated budget; the database is cached, so a re-run only re-applies it). Each timing runs
+in its own process with the stack's protocol (warm-up, then repeat x number). The table,
+with ratios to eager and to onnxruntime and the tuning time each row cost, replaces the
+section between the markers in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from dlas.compiler import tvm_relax
+from dlas.compiler.baselines import time_baseline
+from dlas.compiler.measure import measure_in_subprocess, time_tvm_module
+from dlas.hardware import get_device, host_cpu
+from dlas.models import get_model, list_models
+
+HERE = Path(__file__).parent
+BEGIN, END = "<!-- compilers:begin -->", "<!-- compilers:end -->"
+DENSE_DIRECT = OmegaConf.create(
+    {
+        "name": "direct",
+        "data_format": "dense",
+        "sparsity_threshold": 0.0,
+        "block_size": 4,
+        "fallback": "direct",
+    }
+)
+
+
+def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = get_model(name, num_classes=10, in_channels=3, input_size=32, stem=args.stem).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(1, 3, 32, 32)
+    program = torch.export.export(model, (x,))
+    path = work / f"{name}.pt2"
+    torch.export.save(program, path)
+    device = get_device("cpu", threads=args.threads)
+    protocol = {"warmup": args.warmup, "repeat": args.repeat, "number": args.number}
+    row: dict[str, float] = {}
+    for kind in ("pytorch", "torch_compile", "onnxruntime"):
+        lat = measure_in_subprocess(
+            time_baseline,
+            kind,
+            path,
+            x.numpy(),
+            threads=device.threads,
+            **protocol,
+            label=f"{name} {kind}",
+        )
+        row[kind] = lat.median_ms
+    for compiler, tuning in (
+        ("tvm_untuned", None),
+        ("tvm_autoschedule", tvm_relax.Tuning(args.trials, args.trials_per_task, args.tuning_dir)),
+    ):
+        built = tvm_relax.build(
+            program, x, device, DENSE_DIRECT, work / f"{name}-{compiler}", tuning
+        )
+        lat = measure_in_subprocess(
+            time_tvm_module,
+            str(built.library),
+            x.numpy(),
+            device,
+            **protocol,
+            label=f"{name} {compiler}",
+        )
+        row[compiler] = lat.median_ms
+        if tuning is not None:
+            row["tune_s"] = built.tune_s
+            row["trials"] = built.info["tuning_trials"]
+    print(name, row, flush=True)
+    return row
+
+
+def table(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+    head = (
+        "| model | eager ms | torch.compile ms | onnxruntime ms | TVM untuned ms | "
+        "TVM tuned ms | tuned / eager | tuned / onnxruntime | tuning s (trials) |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['pytorch']:.2f} | {r['torch_compile']:.2f} | {r['onnxruntime']:.2f} "
+            f"| {r['tvm_untuned']:.2f} | {r['tvm_autoschedule']:.2f} "
+            f"| {r['tvm_autoschedule'] / r['pytorch']:.2f}x "
+            f"| {r['tvm_autoschedule'] / r['onnxruntime']:.2f}x "
+            f"| {r['tune_s']:.0f} ({r['trials']:.0f}) |"
+        )
+    when = datetime.date.today().isoformat()
+    machine = f"{platform.machine()} {host_cpu()}, {args.threads or 'all'} threads"
+    command = (
+        f"python benchmarks/compilers.py --trials {args.trials} "
+        f"--trials-per-task {args.trials_per_task} --stem {args.stem}"
+    )
+    return (
+        f"{when}, {machine}. Median latency, batch 1, 3x32x32, random weights, "
+        f"`model.stem={args.stem}`; {args.repeat}x{args.number} timed runs after "
+        f"{args.warmup} warm-up, each compiler in its own process. "
+        f"Ratios below 1 mean TVM tuned is faster. Command: `{command}`\n\n"
+        + head
+        + "\n".join(lines)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list_models())
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--trials-per-task", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--stem", default="cifar")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--number", type=int, default=10)
+    parser.add_argument("--tuning-dir", type=Path, default=Path(".cache/dlas/tuning"))
+    parser.add_argument("--no-write", action="store_true", help="print, do not edit README.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dlas-bench-") as tmp:
+        rows = {name: time_model(name, args, Path(tmp)) for name in args.models}
+    text = table(rows, args)
+    print(text)
+    if not args.no_write:
+        readme = HERE / "README.md"
+        current = readme.read_text()
+        before, rest = current.split(BEGIN)
+        _, after = rest.split(END)
+        readme.write_text(f"{before}{BEGIN}\n{text}\n{END}{after}")
+
+
+if __name__ == "__main__":
+    main()

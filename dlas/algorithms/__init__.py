@@ -1,0 +1,92 @@
+"""Layer 4, "algorithms & data formats": how each convolution is computed, and how its
+weights are stored.
+
+``legalize_convs`` rewrites every ``relax.nn.conv2d`` of an imported model into a
+``call_tir`` of one of our TE computes (and, for the sparse formats, every linear layer
+with a constant weight), and reports per layer what it got and why:
+
+- ``direct``: the plain loop nest, OIHW weights (also every grouped/depthwise conv);
+- ``gemm``: explicit im2col matrix times the (O, C*kh*kw) weight matrix;
+- ``spatial_pack``: NCHW[x]c-style register tiles, kernel packed (O/VC, C, kh, kw, VC);
+- ``winograd``: F(2x2 or 4x4, 3x3), weights pre-transformed; 3x3 stride-1 convs only.
+
+Data formats: ``dense``; ``csr`` and ``bsr`` store only the (blocks of) non-zero weights
+and run a sparse im2col GEMM, so they go with ``gemm`` only.
+
+This module imports TVM lazily: configs can be validated with ``check_combination``
+without paying TVM's import time.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tvm
+
+ALGORITHMS = ("direct", "gemm", "spatial_pack", "winograd")
+DATA_FORMATS = ("dense", "csr", "bsr")
+# Algorithms that accept each data format (the sparse formats are a sparse im2col GEMM).
+FORMAT_ALGORITHMS = {
+    "dense": ALGORITHMS,
+    "csr": ("gemm",),
+    "bsr": ("gemm",),
+}
+# A fallback must handle any ungrouped conv: Winograd is what falls back, never the target.
+FALLBACKS = ("direct", "gemm", "spatial_pack")
+
+__all__ = ["ALGORITHMS", "DATA_FORMATS", "check_combination", "legalize_convs"]
+
+
+def check_combination(algorithm: str, data_format: str, fallback: str = "direct") -> None:
+    """Raise ValueError naming the bad value and the valid choices; called before any work."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(
+            f"unknown algorithm {algorithm!r}; valid algorithms: {', '.join(ALGORITHMS)}"
+        )
+    if data_format not in DATA_FORMATS:
+        raise ValueError(
+            f"unknown data format {data_format!r}; valid data formats: {', '.join(DATA_FORMATS)}"
+        )
+    if fallback not in FALLBACKS:
+        raise ValueError(
+            f"invalid fallback {fallback!r}; valid fallbacks: {', '.join(FALLBACKS)} "
+            "(the fallback must handle every ungrouped conv, so it cannot be winograd)"
+        )
+    if algorithm not in FORMAT_ALGORITHMS[data_format]:
+        sparse = ", ".join(f for f in DATA_FORMATS if f != "dense")
+        raise ValueError(
+            f"algorithm {algorithm!r} does not support data format {data_format!r}: "
+            f"the sparse formats ({sparse}) are a sparse im2col GEMM and are accepted only by "
+            f"algorithm {', '.join(FORMAT_ALGORITHMS[data_format])!r}; with {algorithm!r} use "
+            f"data format 'dense'. Valid algorithms: {', '.join(ALGORITHMS)}; valid data "
+            f"formats: {', '.join(DATA_FORMATS)}"
+        )
+
+
+def legalize_convs(
+    mod: tvm.IRModule,
+    algorithm: str,
+    data_format: str = "dense",
+    *,
+    sparsity_threshold: float = 0.0,
+    block_size: int = 4,
+    fallback: str = "direct",
+) -> tuple[tvm.IRModule, list[dict]]:
+    """Legalize every conv2d (and, for csr/bsr, every constant-weight linear) of ``mod``.
+
+    ``mod`` comes from ``from_exported_program(ep, keep_params_as_input=False)``: weights
+    must be constants for any layout change (else the layer falls back to ``direct``).
+    Shapes must be static except the batch. Returns the new module and one record per
+    layer: ``layer, op, shape, algorithm, requested, fallback_reason, format,
+    weight_sparsity`` (fraction of exact zeros; None for a non-constant weight).
+    """
+    check_combination(algorithm, data_format, fallback)
+    if not 0.0 <= sparsity_threshold <= 1.0:
+        raise ValueError(f"sparsity_threshold must be in [0, 1], got {sparsity_threshold}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+
+    from .legalize import Options, legalize
+
+    return legalize(mod, Options(algorithm, data_format, sparsity_threshold, block_size, fallback))

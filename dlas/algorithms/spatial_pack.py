@@ -1,0 +1,79 @@
+"""Spatial pack: tile output channels and output rows/columns, pack data and kernel to match.
+
+Why: this is the NCHW[x]c idea of TVM's old ``topi.arm_cpu``/``topi.x86``
+``conv2d_spatial_pack`` (the third DLAS primitive; gone from TVM 0.27). The output is
+computed in small ``VH x VW x VC`` register tiles. The kernel is repacked once, at
+compile time, to ``(O/VC, C, kh, kw, VC)`` so that the VC output channels of a tile are
+adjacent in memory (one vector load), and the input is repacked per tile window to
+``(N, OH/VH, OW/VW, C, win_h, win_w)`` so that a tile reads one contiguous block.
+
+Tile sizes: VC is the largest of 8, 4, 2, 1 that divides O (8 fp32 lanes = one AVX2
+vector); VW the largest of 8, 4, 2, 1 dividing OW; VH 2 if it divides OH, else 1. Divisors
+keep the compute free of tail handling; a tuner can re-tile the loops further.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te
+
+from .common import Conv2dSpec, as_dtype, pad_nchw
+
+
+def _largest_divisor(n: int, choices: tuple[int, ...]) -> int:
+    return next(c for c in choices if n % c == 0)
+
+
+def tile_sizes(spec: Conv2dSpec) -> tuple[int, int, int]:
+    """(VH, VW, VC) for this layer, see the module docstring."""
+    return (
+        _largest_divisor(spec.out_height, (2, 1)),
+        _largest_divisor(spec.out_width, (8, 4, 2, 1)),
+        _largest_divisor(spec.out_channels, (8, 4, 2, 1)),
+    )
+
+
+def pack_kernel(weight: np.ndarray, vc: int) -> np.ndarray:
+    """OIHW -> (O/VC, C, kh, kw, VC): the packed kernel data format."""
+    o, c, kh, kw = weight.shape
+    return np.ascontiguousarray(weight.reshape(o // vc, vc, c, kh, kw).transpose(0, 2, 3, 4, 1))
+
+
+def conv2d_spatial_pack(
+    data: te.Tensor, kernel_vec: te.Tensor, spec: Conv2dSpec, out_dtype: str
+) -> te.Tensor:
+    """Packed conv over (n, co, h, w, vh, vw, vc) tiles, then unpacked to NCHW."""
+    vh_, vw_, vc_ = tile_sizes(spec)
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    kh, kw = spec.kernel_h, spec.kernel_w
+    batch = data.shape[0]
+    out_h, out_w = spec.out_height, spec.out_width
+    # Input window one output tile needs.
+    win_h = (vh_ - 1) * sh + (kh - 1) * dh + 1
+    win_w = (vw_ - 1) * sw + (kw - 1) * dw + 1
+
+    padded = pad_nchw(data, spec)
+    data_vec = te.compute(
+        (batch, out_h // vh_, out_w // vw_, spec.in_channels, win_h, win_w),
+        lambda n, h, w, c, wy, wx: padded[n, c, h * vh_ * sh + wy, w * vw_ * sw + wx],
+        name="data_vec",
+    )
+
+    rc = te.reduce_axis((0, spec.in_channels), name="rc")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    conv = te.compute(
+        (batch, spec.out_channels // vc_, out_h // vh_, out_w // vw_, vh_, vw_, vc_),
+        lambda n, co, h, w, vh, vw, vc: te.sum(
+            as_dtype(data_vec[n, h, w, rc, vh * sh + ry * dh, vw * sw + rx * dw], out_dtype)
+            * as_dtype(kernel_vec[co, rc, ry, rx, vc], out_dtype),
+            axis=[rc, ry, rx],
+        ),
+        name="conv_packed",
+    )
+    return te.compute(
+        (batch, spec.out_channels, out_h, out_w),
+        lambda n, o, y, x: conv[n, o // vc_, y // vh_, x // vw_, y % vh_, x % vw_, o % vc_],
+        name="conv2d_spatial_pack",
+        tag="conv2d_spatial_pack",
+    )

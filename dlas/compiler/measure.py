@@ -1,0 +1,372 @@
+"""The DLAS timing protocol, shared by every compiler and baseline so numbers compare.
+
+Protocol (DLAS, Gibson et al. 2024): batch 1; ``warmup`` untimed runs (lazy init, caches,
+JIT); then ``repeat`` samples, each the mean of ``number`` back-to-back runs; report
+median (robust to a noisy neighbour), mean, std and p90 of the samples. Each measurement
+runs in its own process (:func:`measure_in_subprocess`): a crash in generated code fails
+that point only, and no thread pool, allocator or JIT state leaks from one point to the
+next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import gc
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from dlas.hardware import Device
+
+T = TypeVar("T")
+
+_PROGRESS_EVERY_S = 2.0
+
+
+class MeasurementError(RuntimeError):
+    """A measurement failed: the child crashed (signal / exit code), timed out, or raised."""
+
+
+@dataclass
+class Latency:
+    """Latency statistics of one measured point, in milliseconds.
+
+    ``samples_ms`` holds one value per repeat, each the mean over ``number`` runs.
+    ``threads`` is the thread count the runtime reported while timing (0 = unknown);
+    ``setup_s`` the seconds spent before timing (load, compile, warm-up).
+    """
+
+    median_ms: float
+    mean_ms: float
+    std_ms: float
+    p90_ms: float
+    repeat: int
+    number: int
+    samples_ms: list[float] = field(default_factory=list)
+    threads: int = 0
+    setup_s: float = 0.0
+
+    @classmethod
+    def from_samples(
+        cls, samples_ms: Sequence[float], *, number: int, threads: int = 0, setup_s: float = 0.0
+    ) -> Latency:
+        """Statistics of per-repeat samples (population std, as TVM's BenchmarkResult;
+        p90 by linear interpolation, numpy's default)."""
+        values = np.asarray(list(samples_ms), dtype=np.float64)
+        if values.size == 0:
+            raise ValueError("no latency samples: repeat must be >= 1")
+        return cls(
+            median_ms=float(np.median(values)),
+            mean_ms=float(values.mean()),
+            std_ms=float(values.std()),
+            p90_ms=float(np.percentile(values, 90)),
+            repeat=int(values.size),
+            number=int(number),
+            samples_ms=[float(v) for v in values],
+            threads=int(threads),
+            setup_s=float(setup_s),
+        )
+
+    def metrics(self, prefix: str = "latency_ms") -> dict[str, float]:
+        """The tracking schema's ``latency_ms_{mean,median,std,p90}``."""
+        return {
+            f"{prefix}_mean": self.mean_ms,
+            f"{prefix}_median": self.median_ms,
+            f"{prefix}_std": self.std_ms,
+            f"{prefix}_p90": self.p90_ms,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.median_ms:.3f} ms median (mean {self.mean_ms:.3f}, std {self.std_ms:.3f}, "
+            f"p90 {self.p90_ms:.3f}; {self.repeat}x{self.number} runs)"
+        )
+
+
+def _check_protocol(warmup: int, repeat: int, number: int) -> None:
+    if warmup < 0 or repeat < 1 or number < 1:
+        raise ValueError(
+            f"timing protocol needs warmup >= 0, repeat >= 1, number >= 1; "
+            f"got warmup={warmup}, repeat={repeat}, number={number}"
+        )
+
+
+class _Progress:
+    """``measuring <what>: repeat i/N`` on stderr, at most every few seconds, so a slow
+    point shows it is alive without flooding the log of a fast one."""
+
+    def __init__(self, what: str | None, total: int) -> None:
+        self.what, self.total, self.last = what, total, time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        if self.what is None:
+            return
+        now = time.monotonic()
+        if now - self.last >= _PROGRESS_EVERY_S or (done == self.total and done > 1):
+            print(f"measuring {self.what}: repeat {done}/{self.total}", file=sys.stderr)
+            self.last = now
+
+
+def time_callable(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 1,
+    repeat: int = 10,
+    number: int = 5,
+    what: str | None = None,
+    threads: int = 0,
+) -> Latency:
+    """Time ``fn()`` in this process with the protocol above (``time.perf_counter``).
+
+    ``fn`` must finish its work before returning (synchronise a GPU inside it). ``what``
+    names the point in progress lines; ``threads`` is recorded in the result.
+    """
+    _check_protocol(warmup, repeat, number)
+    started = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    setup_s = time.perf_counter() - started
+    progress = _Progress(what, repeat)
+    samples: list[float] = []
+    for i in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - t0) * 1e3 / number)
+        progress(i + 1)
+    return Latency.from_samples(samples, number=number, threads=threads, setup_s=setup_s)
+
+
+# ----------------------------------------------------------------- one process per point
+
+
+def _child_main(conn: Any, job: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    """Run ``job`` and send ``("ok", result)`` or ``("error", text)`` to the parent."""
+    faulthandler.enable()  # a crash in generated code prints the Python stack that led there
+    try:
+        result = job(*args, **kwargs)
+        conn.send(("ok", result))
+    except BaseException as err:  # everything must reach the parent as text
+        text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        # If the pipe itself fails, the exit code still tells the parent.
+        with contextlib.suppress(Exception):
+            conn.send(("error", text))
+        raise SystemExit(1) from None
+    finally:
+        conn.close()
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "did not exit"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name} (exit code {code})"
+    return f"exited with code {code}"
+
+
+def measure_in_subprocess(
+    job: Callable[..., T],
+    *args: Any,
+    timeout: float = 600,
+    label: str | None = None,
+    **kwargs: Any,
+) -> T:
+    """Run ``job(*args, **kwargs)`` in a fresh process and return its result.
+
+    ``job`` must be a module-level function and its arguments and result picklable (the
+    child is started with ``spawn``, so it imports ``job``'s module anew and inherits no
+    threads or locks from this process). A segfault, abort or ``os._exit`` in the child, a
+    Python exception there, or exceeding ``timeout`` seconds (the child is then killed)
+    raises :class:`MeasurementError` here; this process is unaffected. ``timeout`` and
+    ``label`` (the point's name in messages) are not passed to ``job``.
+    """
+    what = label or getattr(job, "__qualname__", repr(job))
+    ctx = multiprocessing.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(
+        target=_child_main, args=(sender, job, args, kwargs), name=f"dlas-measure-{what}"
+    )
+    proc.start()
+    sender.close()  # the child holds the only write end: EOF means it is gone
+    message: tuple[str, Any] | None = None
+    try:
+        deadline = time.monotonic() + timeout
+        while message is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                proc.kill()
+                proc.join(5)
+                raise MeasurementError(
+                    f"measuring {what} timed out after {timeout:g} s; child {proc.pid} killed"
+                )
+            if receiver.poll(min(remaining, 1.0)):
+                try:
+                    message = receiver.recv()
+                except EOFError:  # child died without sending
+                    break
+            elif not proc.is_alive() and not receiver.poll(0):
+                break
+        proc.join(30)
+    finally:
+        receiver.close()
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+    if message is None:
+        raise MeasurementError(
+            f"measuring {what} crashed: child process {proc.pid} {_describe_exit(proc.exitcode)}"
+            "; the generated code or its runtime faulted, so this point has no result"
+        )
+    status, payload = message
+    if status == "error":
+        last = payload.strip().splitlines()[-1] if payload.strip() else "unknown error"
+        raise MeasurementError(f"measuring {what} failed in its subprocess: {last}\n{payload}")
+    return payload
+
+
+# ------------------------------------------------------------------------- TVM modules
+
+
+def _as_list(inputs: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    if isinstance(inputs, np.ndarray):
+        return [inputs]
+    return [np.asarray(x) for x in inputs]
+
+
+def _flatten(value: Any) -> list[Any]:
+    if isinstance(value, tuple | list) or type(value).__name__ == "Array":
+        return [leaf for item in value for leaf in _flatten(item)]
+    return [value]
+
+
+class _LoadedVM:
+    """A Relax VM on the device with the inputs set, locally or over an RPC session.
+
+    Use as a context manager: leaving it drops every remote handle and collects the
+    reference cycles TVM's RPC objects form. Without that the session outlives the
+    measurement, the server (one session at a time) stays busy, and the next request to
+    the tracker waits forever.
+    """
+
+    def __init__(self, lib_path: str, inputs: list[np.ndarray], device: Device) -> None:
+        import tvm
+        from tvm import relax
+
+        from dlas.hardware import set_threads
+        from dlas.hardware.rpc import configure_remote_threads
+
+        self.session = None
+        if device.is_remote:
+            self.session = device.session()
+            remote_name = f"dlas_{os.getpid()}_{os.path.basename(lib_path)}"
+            self.session.upload(lib_path, target=remote_name)
+            lib = self.session.load_module(remote_name)
+            self.threads = configure_remote_threads(self.session, device.threads)
+        else:
+            if device.device_type == tvm.cpu(0).dlpack_device_type():
+                set_threads(device.threads)
+            lib = tvm.runtime.load_module(lib_path)
+            self.threads = int(tvm.runtime.num_threads())
+        self.dev = device.runtime_device(self.session)
+        self.vm = relax.VirtualMachine(lib, self.dev)
+        self.set_inputs(inputs)
+
+    def set_inputs(self, inputs: list[np.ndarray]) -> None:
+        """Copy inputs to the device (before timing: only the model's own work is timed).
+        set_input + invoke_stateful is the form that works over RPC with tuple outputs."""
+        import tvm
+
+        self.args = [tvm.runtime.tensor(np.ascontiguousarray(x), self.dev) for x in inputs]
+        self.vm.set_input("main", *self.args)
+
+    def __enter__(self) -> _LoadedVM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.vm = self.args = self.dev = self.session = None  # type: ignore[assignment]
+        gc.collect()
+
+    def run(self) -> None:
+        self.vm.invoke_stateful("main")
+
+    def outputs(self) -> list[np.ndarray]:
+        return [t.numpy() for t in _flatten(self.vm.get_outputs("main"))]
+
+
+def run_tvm_module(
+    lib_path: str, input_array: np.ndarray | Sequence[np.ndarray], device: Device
+) -> np.ndarray:
+    """Run an exported Relax module once on ``device`` (locally or over RPC) and return its
+    single output, for verification against PyTorch."""
+    with _LoadedVM(lib_path, _as_list(input_array), device) as loaded:
+        loaded.run()
+        outputs = loaded.outputs()
+    if len(outputs) != 1:
+        raise ValueError(f"{lib_path} returns {len(outputs)} outputs; expected 1 (a classifier)")
+    return outputs[0]
+
+
+def run_tvm_module_batches(
+    lib_path: str, batches: Sequence[np.ndarray], device: Device
+) -> list[np.ndarray]:
+    """Run an exported Relax module on each batch with one load (and, over RPC, one
+    session and upload), e.g. to verify a compiled model on a test set; returns the single
+    output of each batch."""
+    outputs: list[np.ndarray] = []
+    if len(batches) == 0:
+        return outputs
+    with _LoadedVM(lib_path, [batches[0]], device) as loaded:
+        for batch in batches:
+            loaded.set_inputs([batch])
+            loaded.run()
+            result = loaded.outputs()
+            if len(result) != 1:
+                raise ValueError(f"{lib_path} returns {len(result)} outputs; expected 1")
+            outputs.append(result[0])
+    return outputs
+
+
+def time_tvm_module(
+    lib_path: str,
+    input_array: np.ndarray | Sequence[np.ndarray],
+    device: Device,
+    *,
+    warmup: int = 1,
+    repeat: int = 10,
+    number: int = 5,
+) -> Latency:
+    """Time ``vm["main"]`` of a module exported with ``ex.export_library(lib_path)``.
+
+    Uses TVM's ``time_evaluator`` on the device itself (remote for ``hardware=rpc``: the
+    library is uploaded and timed there, so network latency is not counted). ``warmup``
+    explicit runs come first; ``time_evaluator`` adds one more discarded run of its own.
+    """
+    _check_protocol(warmup, repeat, number)
+    started = time.perf_counter()
+    with _LoadedVM(lib_path, _as_list(input_array), device) as loaded:
+        for _ in range(warmup):
+            loaded.run()
+        setup_s = time.perf_counter() - started
+        timer = loaded.vm.time_evaluator(
+            "invoke_stateful", loaded.dev, number=number, repeat=repeat
+        )
+        samples_ms = [float(s) * 1e3 for s in timer("main").results]
+        threads = loaded.threads
+    return Latency.from_samples(samples_ms, number=number, threads=threads, setup_s=setup_s)

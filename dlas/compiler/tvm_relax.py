@@ -1,0 +1,216 @@
+"""Layer 5, TVM: ``torch.export`` -> Relax -> layer-4 algorithms -> (MetaSchedule) -> library.
+
+The pipeline is a list of named passes (``passes()``), read top to bottom:
+
+1. ``fold_batchnorm`` / ``decompose_for_inference`` / ``fold_constants``: weights are
+   constants (``keep_params_as_input=False``), so BatchNorm folds into the conv weights
+   and the algorithm layer sees the real (pruned) weights.
+2. ``mixed_precision_fp16`` (fp16 models only): convs and matmuls in float16.
+3. ``layer4_algorithms``: our legalization of conv2d / linear into the chosen
+   primitive and data format (``dlas.algorithms``), recorded per layer.
+4. ``legalize`` ... ``fuse_tir``: TVM's own lowering of every other op and fusion of
+   elementwise epilogues (bias, ReLU, residual add) into the producers.
+5. ``metaschedule_tune`` + ``apply_tuning_database`` (``tvm_autoschedule`` only).
+
+*Untuned* (``tvm_untuned``) means exactly steps 1-4: TVM 0.27 has no default CPU
+schedules (``dlight.cpu`` covers GEMV and reductions only), so every kernel runs as
+the plain loop nest its TE compute describes, compiled by LLVM (which vectorizes
+innermost loops where it can), single-threaded inside each kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import tvm
+from tvm import relax
+
+from dlas.cache import config_hash
+from dlas.compiler.fast_tvmscript import install as install_fast_tvmscript
+from dlas.hardware import Device
+
+log = logging.getLogger("dlas.compiler")
+
+
+@dataclass
+class Tuning:
+    """MetaSchedule budget; the database lives under ``root`` keyed by workload and target."""
+
+    trials: int
+    trials_per_task: int
+    root: Path
+
+
+@dataclass
+class TvmBuild:
+    library: Path
+    compile_s: float
+    tune_s: float
+    layers: list[dict[str, Any]]
+    pipeline: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def static_program(program: torch.export.ExportedProgram, example: torch.Tensor):
+    """Re-export at the deployment batch size: MetaSchedule tunes static shapes."""
+    return torch.export.export(program.module(), (example,))
+
+
+def to_relax(
+    program: torch.export.ExportedProgram, example: torch.Tensor
+) -> tuple[tvm.IRModule, str]:
+    """Import into Relax; returns the module and the model's compute dtype."""
+    from dlas.compiler.int8 import import_int8, is_quantized
+
+    if is_quantized(program):
+        return import_int8(program, batch_size=example.shape[0]), "int8"
+    module = program.module()
+    dtype = "float32"
+    if any(p.dtype == torch.float16 for p in module.parameters()) or example.dtype == torch.float16:
+        # The torch frontend cannot import half-precision BatchNorm: import the (fp16-exact)
+        # weights as float32 and let Relax's ToMixedPrecision compute in float16.
+        module = module.float()
+        dtype = "float16"
+    from tvm.relax.frontend.torch import from_exported_program
+
+    static = torch.export.export(module, (example.float(),))
+    return from_exported_program(static, keep_params_as_input=False), dtype
+
+
+class _Algorithms:
+    """Layer 4 as a named module pass that keeps the per-layer decisions it made."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.records: list[dict[str, Any]] = []
+
+    def pass_(self) -> tvm.transform.Pass:
+        from dlas.algorithms import legalize_convs
+
+        @tvm.transform.module_pass(opt_level=0, name="layer4_algorithms")
+        def apply(mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
+            mod, self.records = legalize_convs(
+                mod,
+                self.cfg.name,
+                self.cfg.data_format,
+                sparsity_threshold=self.cfg.sparsity_threshold,
+                block_size=self.cfg.block_size,
+                fallback=self.cfg.fallback,
+            )
+            return mod
+
+        return apply
+
+
+def passes(algorithms: _Algorithms, dtype: str) -> list[tuple[str, tvm.transform.Pass]]:
+    t = relax.transform
+    steps: list[tuple[str, tvm.transform.Pass]] = [
+        ("fold_batchnorm", t.FoldBatchnormToConv2D()),
+        ("decompose_for_inference", t.DecomposeOpsForInference()),
+        ("fold_constants", t.FoldConstant()),
+    ]
+    if dtype == "float16":
+        steps.append(("mixed_precision_fp16", t.ToMixedPrecision(out_dtype="float16")))
+    steps += [
+        ("layer4_algorithms", algorithms.pass_()),
+        ("legalize", t.LegalizeOps()),
+        ("annotate_op_patterns", t.AnnotateTIROpPattern()),
+        ("fold_constants_again", t.FoldConstant()),
+        ("fuse_ops", t.FuseOps()),
+        ("fuse_tir", t.FuseTIR()),
+    ]
+    return steps
+
+
+def workload_hash(mod: tvm.IRModule) -> list[int]:
+    """The tuning tasks' identity: the structural hashes of the module's PrimFuncs (the
+    kernels MetaSchedule tunes), not of the weights the Relax function carries, so a
+    retrained model of the same shapes reuses its database."""
+    from tvm_ffi import structural_hash
+
+    return sorted(
+        structural_hash(func)
+        for _, func in mod.functions.items()
+        if isinstance(func, tvm.tirx.PrimFunc)
+    )
+
+
+def tune(mod: tvm.IRModule, target: tvm.target.Target, tuning: Tuning) -> tuple[Path, float, int]:
+    """Tune with MetaSchedule unless the database of this workload and target already holds
+    at least ``trials`` trials; returns (work_dir, seconds spent, trials in the database)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    key = config_hash({"workload": workload_hash(mod), "target": str(target)})
+    work_dir = tuning.root / key
+    state_file = work_dir / "dlas_tuning.json"
+    done = json.loads(state_file.read_text())["trials"] if state_file.exists() else 0
+    if done >= tuning.trials:
+        return work_dir, 0.0, done
+    install_fast_tvmscript()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    ms.relax_integration.tune_relax(
+        mod,
+        params={},
+        target=target,
+        work_dir=str(work_dir),
+        max_trials_global=tuning.trials,
+        max_trials_per_task=tuning.trials_per_task or None,
+        builder=ms.builder.LocalBuilder(initializer=install_fast_tvmscript),
+        runner=ms.runner.LocalRunner(initializer=install_fast_tvmscript),
+    )
+    tune_s = time.perf_counter() - start
+    state_file.write_text(json.dumps({"trials": tuning.trials, "tune_s": tune_s}))
+    return work_dir, tune_s, tuning.trials
+
+
+def build(
+    program: torch.export.ExportedProgram,
+    example: torch.Tensor,
+    device: Device,
+    algorithm_cfg: Any,
+    out_dir: Path,
+    tuning: Tuning | None = None,
+) -> TvmBuild:
+    start = time.perf_counter()
+    mod, dtype = to_relax(program, example)
+    algorithms = _Algorithms(algorithm_cfg)
+    steps = passes(algorithms, dtype)
+    target = device.compile_target
+    with target:
+        for i, (name, step) in enumerate(steps, 1):
+            log.info("tvm pipeline %d/%d: %s", i, len(steps), name)
+            mod = step(mod)
+    tune_s, trials = 0.0, 0
+    names = [name for name, _ in steps]
+    if tuning is not None:
+        log.info(
+            "metaschedule: %d trials (%s per task) into %s",
+            tuning.trials,
+            tuning.trials_per_task or "no cap",
+            tuning.root,
+        )
+        work_dir, tune_s, trials = tune(mod, device.target, tuning)
+        with target, tvm.transform.PassContext(opt_level=3):
+            mod = relax.transform.MetaScheduleApplyDatabase(str(work_dir))(mod)
+        names += ["metaschedule_tune", "apply_tuning_database"]
+    log.info("tvm: building the library for %s", target.kind.name)
+    executable = tvm.compile(mod, target=target)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    library = out_dir / "model.so"
+    executable.export_library(str(library))
+    compile_s = time.perf_counter() - start - tune_s
+    return TvmBuild(
+        library,
+        compile_s,
+        tune_s,
+        algorithms.records,
+        names,
+        {"dtype": dtype, "tuning_trials": trials},
+    )

@@ -1,0 +1,142 @@
+"""Layers 4-6 through the real entry points: compile, verify against PyTorch, time, log;
+bad systems choices end the run FAILED with a named error while a sweep goes on."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+import torch
+from conftest import compose, overrides, run_entry, runs
+
+from dlas.models.export import export_model
+from dlas.stack import run_point
+
+# A tiny point: 16x16 synthetic images, compact stem (8x8 inside the network).
+TINY = [
+    "deploy=true",
+    "dataset=synthetic",
+    "dataset.num_samples=48",
+    "dataset.image_size=16",
+    "measure.verify_samples=8",
+    "measure.repeat=3",
+    "measure.number=1",
+]
+LATENCY = {
+    "latency_ms_median",
+    "latency_ms_mean",
+    "latency_ms_std",
+    "latency_ms_p90",
+    "compile_s",
+    "tune_s",
+    "speedup_vs_torch",
+    "max_abs_err_vs_torch",
+    "compiled_top1",
+}
+
+
+def layers_of(run) -> list[dict]:
+    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="layers.json")
+    with open(path) as f:
+        return json.load(f)["layers"]
+
+
+def test_default_point_compiles_verifies_and_times(workdir):
+    metrics = run_point(compose(*overrides(workdir, *TINY)))
+    assert set(metrics) >= LATENCY
+    assert metrics["max_abs_err_vs_torch"] < 1e-3
+    assert metrics["latency_ms_median"] > 0 and metrics["speedup_vs_torch"] > 0
+    (run,) = runs(workdir["uri"])
+    assert run.info.status == "FINISHED"
+    assert {"batch_size", "tuning_trials", "compute_dtype"} <= set(run.data.params)
+    records = layers_of(run)
+    assert records and all(r["algorithm"] == "direct" for r in records if r["op"] == "conv2d")
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"compiled", "model", "layers.json"} <= artifacts
+
+
+def test_deploy_sweeps_algorithms_and_compilers_without_retraining(workdir):
+    assert run_entry("train.py", *overrides(workdir, *TINY, "deploy=false")).returncode == 0
+    sweep = run_entry(
+        "deploy.py",
+        "-m",
+        *overrides(workdir, *TINY),
+        "algorithm=direct,gemm,spatial_pack,winograd",
+        "compiler=tvm_untuned,pytorch",
+        f"hydra.sweep.dir={workdir['tmp']}/multirun",
+    )
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    deployed = [r for r in runs(workdir["uri"]) if r.data.tags.get("dlas.entry") == "deploy"]
+    assert len(deployed) == 8 and {r.info.status for r in deployed} == {"FINISHED"}
+    for r in deployed:
+        assert r.data.metrics["max_abs_err_vs_torch"] < 1e-3
+        assert not any(k.startswith("train-") for k in r.data.metrics)  # nothing trained
+    winograd = next(
+        r
+        for r in deployed
+        if r.data.params["algorithm"] == "winograd" and r.data.params["compiler"] == "tvm_untuned"
+    )
+    chosen = {r["algorithm"] for r in layers_of(winograd) if r["op"] == "conv2d"}
+    assert "winograd" in chosen and len(chosen) > 1  # strided convs fell back, recorded
+
+
+def test_deploy_needs_a_trained_model(workdir):
+    result = run_entry("deploy.py", *overrides(workdir, *TINY, "model=vgg16"))
+    assert result.returncode != 0 and "run train.py with the same overrides first" in result.stderr
+    (run,) = runs(workdir["uri"])
+    assert run.info.status == "FAILED"
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("algorithm=winograd algorithm.data_format=csr", "winograd"),
+        ("hardware=cuda", "hardware=cuda"),
+        ("hardware=rpc hardware.port=1", "127.0.0.1:1"),
+        ("compiler.name=tvm_fast", "valid choices"),
+    ],
+)
+def test_bad_systems_choices_fail_the_run_with_the_reason(workdir, bad, message):
+    with pytest.raises(Exception, match=message):
+        run_point(compose(*overrides(workdir, *TINY, *bad.split())))
+    (run,) = runs(workdir["uri"])
+    assert run.info.status == "FAILED" and message in run.data.tags["error"]
+    assert "top1" not in run.data.metrics  # failed before any training
+
+
+def test_a_sweep_goes_on_past_a_failed_point(workdir):
+    result = run_entry(
+        "train.py",
+        "-m",
+        *overrides(workdir, *TINY),
+        "algorithm=winograd",
+        "algorithm.data_format=csr,dense",
+        f"hydra.sweep.dir={workdir['tmp']}/multirun",
+    )
+    assert result.returncode != 0  # the sweep reports its failure at the end
+    statuses = {r.data.params["data_format"]: r.info.status for r in runs(workdir["uri"])}
+    assert statuses == {"csr": "FAILED", "dense": "FINISHED"}
+
+
+def test_untraceable_model_is_named():
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x  # control flow on values
+
+    with pytest.raises(RuntimeError, match="torch.export could not trace DataDependent"):
+        export_model(DataDependent(), torch.randn(2, 3))
+
+
+def test_autoschedule_reuses_its_database(workdir):
+    args = overrides(
+        workdir,
+        *TINY,
+        "compiler=tvm_autoschedule",
+        "compiler.trials=4",
+        "compiler.trials_per_task=2",
+    )
+    first = run_point(compose(*args))
+    second = run_point(compose(*args))
+    assert first["tune_s"] > 0 and second["tune_s"] == 0
+    assert first["max_abs_err_vs_torch"] < 1e-3 and second["max_abs_err_vs_torch"] < 1e-3
