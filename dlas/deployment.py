@@ -5,7 +5,8 @@ onnxruntime) goes through the same protocol, so their numbers compare:
 
 * verification: the compiled model's outputs on ``verify_samples`` test images vs
   the PyTorch model of the same compressed point (``max_abs_err_vs_torch``) and its
-  own test top-1 on them (``compiled_top1``); a point over tolerance fails, it is
+  own test top-1 on them (``compiled_top1``, next to PyTorch's ``reference_top1`` on the
+  same images); a point over tolerance fails, it is
   never timed;
 * latency: batch ``batch_size``, ``warmup`` runs, then ``repeat`` x ``number`` timed
   runs (median, mean, std, p90 over repeats), PyTorch eager timed the same way in
@@ -26,13 +27,8 @@ import torch
 from torch import nn
 
 from dlas.compiler import TVM_COMPILERS, check_compiler
-from dlas.compiler.baselines import run_baseline, time_baseline
-from dlas.compiler.measure import (
-    Latency,
-    measure_in_subprocess,
-    run_tvm_module_batches,
-    time_tvm_module,
-)
+from dlas.compiler.baselines import time_baseline, verify_and_time_baseline
+from dlas.compiler.measure import measure_in_subprocess, verify_and_time_tvm
 from dlas.hardware import Device, get_device
 
 
@@ -48,6 +44,11 @@ def check_layers(cfg: Any) -> Device:
     a = cfg.algorithm
     check_combination(a.name, a.data_format, a.fallback)
     h = cfg.hardware
+    if cfg.compiler.name not in TVM_COMPILERS and h.name != "cpu":
+        raise ValueError(
+            f"compiler={cfg.compiler.name} runs on hardware=cpu only, not hardware={h.name}; "
+            f"compilers for any hardware: {', '.join(TVM_COMPILERS)}"
+        )
     return get_device(
         h.name,
         threads=h.threads,
@@ -130,49 +131,30 @@ def deploy(
             built.library,
         )
         info = {**built.info, "pipeline": built.pipeline}
-        outputs = np.concatenate(
-            measure_in_subprocess(
-                run_tvm_module_batches,
-                str(artifact),
-                _chunks(x_np, m.batch_size),
-                device,
-                timeout=m.timeout_s,
-                label=f"verify {name}",
-            )
-        )[: len(x_np)]
-        latency: Latency = measure_in_subprocess(
-            time_tvm_module,
+        outputs, latency = measure_in_subprocess(
+            verify_and_time_tvm,
             str(artifact),
+            _chunks(x_np, m.batch_size),
             example_np,
             device,
             **protocol,
             timeout=m.timeout_s,
-            label=f"time {name}",
+            label=f"verify and time {name}",
         )
+        outputs = np.concatenate(outputs)[: len(x_np)]
     else:
-        if device.name != "cpu":
-            raise ValueError(
-                f"compiler={name} runs on hardware=cpu only, not hardware={device.name}"
-            )
         artifact = static_path
-        outputs = measure_in_subprocess(
-            run_baseline,
+        outputs, latency = measure_in_subprocess(
+            verify_and_time_baseline,
             name,
             program_path,
-            x_np,
-            threads=device.threads,
-            timeout=m.timeout_s,
-            label=f"verify {name}",
-        )
-        latency = measure_in_subprocess(
-            time_baseline,
-            name,
             static_path,
+            x_np,
             example_np,
             threads=device.threads,
             **protocol,
             timeout=m.timeout_s,
-            label=f"time {name}",
+            label=f"verify and time {name}",
         )
         compile_s = latency.setup_s  # torch.compile / ONNX export + session: their compile step
         layers = [{"layer": "all", "algorithm": f"{name} kernels", "format": "dense"}]
@@ -182,11 +164,13 @@ def deploy(
     err = float(np.abs(outputs.astype(np.float32) - ref).max())
     tol = tolerance(dtype, float(np.abs(ref).max()), m.tolerance)
     compiled_top1 = float((outputs.argmax(1) == y.numpy()).mean() * 100)
+    reference_top1 = float((ref.argmax(1) == y.numpy()).mean() * 100)  # same images
     if not np.isfinite(err) or err > tol:
         raise VerificationError(
             f"compiler={name} algorithm={cfg.algorithm.name} "
             f"data_format={cfg.algorithm.data_format}: "
-            f"max |compiled - torch| = {err:.3g} > tolerance {tol:.3g} ({dtype}); not timed"
+            f"max |compiled - torch| = {err:.3g} > tolerance {tol:.3g} ({dtype}); "
+            "the point fails, its latency is not logged"
         )
     if name == "pytorch":
         torch_latency = latency
@@ -210,6 +194,7 @@ def deploy(
         "max_abs_err_vs_torch": err,
         "verify_tolerance": tol,
         "compiled_top1": compiled_top1,
+        "reference_top1": reference_top1,
         "sparse_layers": float(sum(1 for r in layers if r.get("format") in ("csr", "bsr"))),
     }
     params = {

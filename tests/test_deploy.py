@@ -33,6 +33,7 @@ LATENCY = {
     "speedup_vs_torch",
     "max_abs_err_vs_torch",
     "compiled_top1",
+    "reference_top1",
 }
 
 
@@ -63,12 +64,15 @@ def test_deploy_sweeps_algorithms_and_compilers_without_retraining(workdir):
         "-m",
         *overrides(workdir, *TINY),
         "algorithm=direct,gemm,spatial_pack,winograd",
-        "compiler=tvm_untuned,pytorch",
+        "compiler=tvm_untuned",
         f"hydra.sweep.dir={workdir['tmp']}/multirun",
     )
     assert sweep.returncode == 0, sweep.stderr[-3000:]
+    framework = run_entry("deploy.py", *overrides(workdir, *TINY), "compiler=pytorch")
+    assert framework.returncode == 0, framework.stderr[-3000:]
     deployed = [r for r in runs(workdir["uri"]) if r.data.tags.get("dlas.entry") == "deploy"]
-    assert len(deployed) == 8 and {r.info.status for r in deployed} == {"FINISHED"}
+    assert len(deployed) == 5 and {r.info.status for r in deployed} == {"FINISHED"}
+    assert {r.data.params["compiler"] for r in deployed} == {"tvm_untuned", "pytorch"}
     for r in deployed:
         assert r.data.metrics["max_abs_err_vs_torch"] < 1e-3
         assert not any(k.startswith("train-") for k in r.data.metrics)  # nothing trained
@@ -95,6 +99,7 @@ def test_deploy_needs_a_trained_model(workdir):
         ("hardware=cuda", "hardware=cuda"),
         ("hardware=rpc hardware.port=1", "127.0.0.1:1"),
         ("compiler.name=tvm_fast", "valid choices"),
+        ("compiler=onnxruntime hardware=cuda", "runs on hardware=cpu only"),
     ],
 )
 def test_bad_systems_choices_fail_the_run_with_the_reason(workdir, bad, message):

@@ -3,6 +3,7 @@ and bad input that must fail early, clearly, and without a RUNNING run left behi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -91,18 +92,14 @@ def test_stage_keys_follow_the_upstream_layers_only(workdir):
     assert other_compression["compress"] != keys["compress"]
 
 
+# Through the real entry point (exit code, stderr, nothing written)...
 @pytest.mark.parametrize(
     "bad, message",
     [
         ("model=resnet19", "Could not find 'model/resnet19'"),
-        ("dataset=cifar100", "Could not find 'dataset/cifar100'"),
-        ("compression=int4", "Could not find 'compression/int4'"),
         ("compression=prune compression.amount=1.2", "compression.amount=1.2 is outside [0, 1)"),
         ("dataset=cifar10", "dataset=cifar10 needs dataset.root"),
-        ("dataset=imagenet", "dataset=imagenet needs dataset.root"),
-        ("trainer.max_epoch=3", "max_epoch"),
         ("compression=prune compression.amonut=0.5", "amonut"),
-        ("model.name=resnet19", "valid choices: densenet121"),
     ],
 )
 def test_bad_input_fails_early_and_clearly(workdir, bad, message):
@@ -110,6 +107,24 @@ def test_bad_input_fails_early_and_clearly(workdir, bad, message):
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
     # rejected before any MLflow run was opened: the store was never even created
+    assert not (Path(workdir["tmp"]) / "mlruns").exists()
+
+
+# ... and the same checks in-process for the other values (same code path, no start-up cost).
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("dataset=cifar100", "Could not find 'dataset/cifar100'"),
+        ("compression=int4", "Could not find 'compression/int4'"),
+        ("dataset=imagenet", "dataset=imagenet needs dataset.root"),
+        ("trainer.max_epoch=3", "max_epoch"),
+        ("model.name=resnet19", "valid choices: densenet121"),
+        ("trainer.lr=fast", "trainer.lr"),
+    ],
+)
+def test_bad_config_values_are_rejected_before_a_run(workdir, bad, message):
+    with pytest.raises(Exception, match=re.escape(message)):
+        run_point(compose(*overrides(workdir, *bad.split())))
     assert not (Path(workdir["tmp"]) / "mlruns").exists()
 
 

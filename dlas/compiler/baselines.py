@@ -224,3 +224,24 @@ def run_baseline(
     with torch.inference_mode():
         output = _torch_runner(str(program_path), input, mode)()
     return _single_output(output, f"{program_path} in pytorch {mode}")
+
+
+def verify_and_time_baseline(
+    kind: str,
+    program_path: str | os.PathLike,
+    static_path: str | os.PathLike,
+    inputs: np.ndarray,
+    example: np.ndarray,
+    *,
+    threads: int = 0,
+    warmup: int = 1,
+    repeat: int = 10,
+    number: int = 5,
+) -> tuple[np.ndarray, Latency]:
+    """The framework's outputs on ``inputs`` (dynamic-batch program), then its latency on
+    ``example`` (the static deployment program), in one child process."""
+    outputs = run_baseline(kind, program_path, inputs, threads=threads)
+    latency = time_baseline(
+        kind, static_path, example, threads=threads, warmup=warmup, repeat=repeat, number=number
+    )
+    return outputs, latency

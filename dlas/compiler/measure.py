@@ -370,3 +370,22 @@ def time_tvm_module(
         samples_ms = [float(s) * 1e3 for s in timer("main").results]
         threads = loaded.threads
     return Latency.from_samples(samples_ms, number=number, threads=threads, setup_s=setup_s)
+
+
+def verify_and_time_tvm(
+    lib_path: str,
+    batches: Sequence[np.ndarray],
+    example: np.ndarray,
+    device: Device,
+    *,
+    warmup: int = 1,
+    repeat: int = 10,
+    number: int = 5,
+) -> tuple[list[np.ndarray], Latency]:
+    """Outputs on the verification batches, then the latency of ``example``: one child
+    process for both, so a point pays for one interpreter start-up, not two."""
+    outputs = run_tvm_module_batches(lib_path, batches, device)
+    latency = time_tvm_module(
+        lib_path, example, device, warmup=warmup, repeat=repeat, number=number
+    )
+    return outputs, latency
