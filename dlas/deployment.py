@@ -131,11 +131,12 @@ def deploy(
             built.library,
         )
         info = {**built.info, "pipeline": built.pipeline}
+        # Relax modules take float32 whatever they compute in (fp16 and int8 cast inside).
         outputs, latency = measure_in_subprocess(
             verify_and_time_tvm,
             str(artifact),
-            _chunks(x_np, m.batch_size),
-            example_np,
+            _chunks(x_np.astype(np.float32), m.batch_size),
+            example_np.astype(np.float32),
             device,
             **protocol,
             timeout=m.timeout_s,

@@ -145,3 +145,23 @@ def test_autoschedule_reuses_its_database(workdir):
     second = run_point(compose(*args))
     assert first["tune_s"] > 0 and second["tune_s"] == 0
     assert first["max_abs_err_vs_torch"] < 1e-3 and second["max_abs_err_vs_torch"] < 1e-3
+
+
+@pytest.mark.parametrize("compression, dtype", [("quant", "int8"), ("fp16", "float16")])
+def test_int8_and_fp16_points_compile_and_verify(workdir, compression, dtype):
+    metrics = run_point(
+        compose(
+            *overrides(
+                workdir,
+                *TINY,
+                f"compression={compression}",
+                "compression.calibration_batches=2" if compression == "quant" else "seed=0",
+            )
+        )
+    )
+    (run,) = runs(workdir["uri"])
+    assert run.info.status == "FINISHED" and run.data.params["compute_dtype"] == dtype
+    assert metrics["max_abs_err_vs_torch"] <= metrics["verify_tolerance"]
+    if dtype == "int8":
+        records = layers_of(run)
+        assert records  # the integer convs were legalized like any other
