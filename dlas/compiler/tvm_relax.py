@@ -57,11 +57,6 @@ class TvmBuild:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def static_program(program: torch.export.ExportedProgram, example: torch.Tensor):
-    """Re-export at the deployment batch size: MetaSchedule tunes static shapes."""
-    return torch.export.export(program.module(), (example,))
-
-
 def to_relax(
     program: torch.export.ExportedProgram, example: torch.Tensor
 ) -> tuple[tvm.IRModule, str]:

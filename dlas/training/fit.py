@@ -40,7 +40,9 @@ class Trainer:
     def __init__(self, cfg: Any, data: ImageClassificationData, logger: Any = None) -> None:
         self.cfg, self.data, self.logger = cfg, data, logger
 
-    def _lightning(self, epochs: int, stage: str) -> pl.Trainer:
+    def _lightning(self, epochs: int, stage: str | None) -> pl.Trainer:
+        """``stage`` names the curves in MLflow; None logs nothing (test metrics are logged
+        once, by the stack, under their final names)."""
         callbacks = []
         progress = show_progress(self.cfg.progress_bar)
         if progress:
@@ -54,7 +56,7 @@ class Trainer:
             accelerator="cpu",
             devices=1,
             deterministic=self.cfg.deterministic,
-            logger=self.logger.for_stage(stage) if self.logger else False,
+            logger=self.logger.for_stage(stage) if self.logger and stage else False,
             enable_checkpointing=False,
             enable_progress_bar=progress,
             enable_model_summary=False,
@@ -98,7 +100,6 @@ class Trainer:
     ) -> dict[str, float]:
         """Test-set top-1/top-5 in percent."""
         module = self._module(model, self.cfg.lr, input_dtype)
-        trainer = self._lightning(1, "test")
-        trainer.logger = None  # test metrics are logged once, by the stack, under their final names
+        trainer = self._lightning(1, None)
         (result,) = trainer.test(module, datamodule=self.data, verbose=False)
         return {"top1": 100.0 * result["test/top1"], "top5": 100.0 * result["test/top5"]}
