@@ -1,20 +1,23 @@
 """Time every zoo model under every compiler at 32x32, batch 1, on this machine.
 
-    python benchmarks/compilers.py --trials 200 --trials-per-task 16 [--models resnet18 vgg16]
+    python benchmarks/compilers.py --trials-per-task 8 [--models resnet18 vgg16] [--stem imagenet]
 
 For each model (random weights: dense inference time does not depend on their values;
 BatchNorm statistics are randomized so that folding is real work): PyTorch eager,
 torch.compile, onnxruntime, TVM untuned and TVM auto-scheduled (MetaSchedule with the
-stated budget; the database is cached, so a re-run only re-applies it). Each timing runs
+stated budget: by default every convolution/linear task gets ``--trials-per-task``; the
+database is cached, so a re-run only re-applies it). Each timing runs
 in its own process with the stack's protocol (warm-up, then repeat x number). The table,
 with ratios to eager and to onnxruntime and the tuning time each row cost, replaces the
-section between the markers in benchmarks/README.md.
+section between the markers in benchmarks/README.md; raw rows accumulate in
+benchmarks/compilers.json (one model at a time, so a stopped run keeps its rows).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import tempfile
 from pathlib import Path
@@ -89,11 +92,11 @@ def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, flo
     return row
 
 
-def table(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+def table(rows: dict[str, dict]) -> str:
     head = (
         "| model | eager ms | torch.compile ms | onnxruntime ms | TVM untuned ms | "
-        "TVM tuned ms | tuned / eager | tuned / onnxruntime | tuning s (trials) |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        "TVM tuned ms | tuned / eager | tuned / onnxruntime | trials (per task) | tuning s "
+        "| measured |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for name, r in rows.items():
@@ -102,47 +105,53 @@ def table(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
             f"| {r['tvm_untuned']:.2f} | {r['tvm_autoschedule']:.2f} "
             f"| {r['tvm_autoschedule'] / r['pytorch']:.2f}x "
             f"| {r['tvm_autoschedule'] / r['onnxruntime']:.2f}x "
-            f"| {r['tune_s']:.0f} ({r['trials']:.0f}) |"
+            f"| {r['trials']:.0f} ({r['trials_per_task']}) | {r['tune_s']:.0f} "
+            f"| {r['date']}, {r['machine']}, `--stem {r['stem']}` |"
         )
-    when = datetime.date.today().isoformat()
-    machine = f"{platform.machine()} {host_cpu()}, {args.threads or 'all'} threads"
-    command = (
-        f"python benchmarks/compilers.py --trials {args.trials} "
-        f"--trials-per-task {args.trials_per_task} --stem {args.stem}"
-    )
     return (
-        f"{when}, {machine}. Median latency, batch 1, 3x32x32, random weights, "
-        f"`model.stem={args.stem}`; {args.repeat}x{args.number} timed runs after "
-        f"{args.warmup} warm-up, each compiler in its own process. "
-        f"Ratios below 1 mean TVM tuned is faster. Command: `{command}`\n\n"
-        + head
-        + "\n".join(lines)
+        "Median latency, batch 1, 3x32x32, random weights; each compiler in its own process "
+        "(warm-up, then repeat x number timed runs). Ratios below 1 mean TVM tuned is faster. "
+        "Raw numbers: `compilers.json`.\n\n" + head + "\n".join(lines)
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=list_models())
-    parser.add_argument("--trials", type=int, default=200)
-    parser.add_argument("--trials-per-task", type=int, default=16)
+    parser.add_argument("--trials", type=int, default=0, help="0: tasks x per task")
+    parser.add_argument("--trials-per-task", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--stem", default="cifar")
+    parser.add_argument("--stem", default="imagenet")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--number", type=int, default=10)
     parser.add_argument("--tuning-dir", type=Path, default=Path(".cache/dlas/tuning"))
     parser.add_argument("--no-write", action="store_true", help="print, do not edit README.md")
     args = parser.parse_args()
+    results = HERE / "compilers.json"
+    rows = json.loads(results.read_text()) if results.exists() and not args.no_write else {}
+    machine = f"{platform.machine()} {host_cpu()}, {args.threads or 'all'} threads"
     with tempfile.TemporaryDirectory(prefix="dlas-bench-") as tmp:
-        rows = {name: time_model(name, args, Path(tmp)) for name in args.models}
-    text = table(rows, args)
-    print(text)
-    if not args.no_write:
-        readme = HERE / "README.md"
-        current = readme.read_text()
-        before, rest = current.split(BEGIN)
-        _, after = rest.split(END)
-        readme.write_text(f"{before}{BEGIN}\n{text}\n{END}{after}")
+        for name in args.models:
+            row = time_model(name, args, Path(tmp))
+            row.update(
+                date=datetime.date.today().isoformat(),
+                machine=machine,
+                stem=args.stem,
+                trials_per_task=args.trials_per_task,
+            )
+            rows[name] = row
+            if not args.no_write:  # one model at a time: a stopped run keeps what it measured
+                results.write_text(json.dumps(rows, indent=1) + "\n")
+                write_readme(table(rows))
+    print(table(rows))
+
+
+def write_readme(text: str) -> None:
+    readme = HERE / "README.md"
+    before, rest = readme.read_text().split(BEGIN)
+    _, after = rest.split(END)
+    readme.write_text(f"{before}{BEGIN}\n{text}\n{END}{after}")
 
 
 if __name__ == "__main__":

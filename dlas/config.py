@@ -120,8 +120,9 @@ class AlgorithmConf:
 @dataclass
 class CompilerConf:
     name: str = MISSING
-    trials: int = 0  # MetaSchedule trials in total (tvm_autoschedule)
+    trials: int = 0  # MetaSchedule trials in total (tvm_autoschedule); 0: tasks x per task
     trials_per_task: int = 0  # 0: no per-task cap
+    tune_ops: list[str] = field(default_factory=lambda: ["conv2d", "matmul", "dense"])
     work_dir: str = "${cache_dir}/tuning"  # tuning databases, keyed by workload and target
 
 

@@ -122,7 +122,7 @@ def deploy(
         tuning = None
         if name == "tvm_autoschedule":
             c = cfg.compiler
-            tuning = tvm_relax.Tuning(c.trials, c.trials_per_task, tuning_root)
+            tuning = tvm_relax.Tuning(c.trials, c.trials_per_task, tuning_root, tuple(c.tune_ops))
         built = tvm_relax.build(program, example, device, cfg.algorithm, out_dir, tuning)
         compile_s, tune_s, layers, artifact = (
             built.compile_s,

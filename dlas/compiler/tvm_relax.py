@@ -38,13 +38,26 @@ from dlas.hardware import Device
 log = logging.getLogger("dlas.compiler")
 
 
+#: Tasks whose name holds one of these are tuned: the convolutions (every layer-4 compute
+#: is named ``conv2d_<algorithm>``), linear layers (``matmul``, sparse ``dense_<format>``).
+#: The rest (adds, pooling, concatenation, reshapes) are memory-bound loop nests where a
+#: search round costs seconds and saves microseconds; they stay as their plain loop nests.
+TUNED_OPS = ("conv2d", "matmul", "dense")
+
+
 @dataclass
 class Tuning:
-    """MetaSchedule budget; the database lives under ``root`` keyed by workload and target."""
+    """MetaSchedule budget; the database lives under ``root`` keyed by workload and target.
+
+    ``trials <= 0`` means "enough for every task": tasks x ``trials_per_task``. A smaller
+    global budget leaves some tasks with no trial at all (MetaSchedule's gradient scheduler
+    serves tasks round-robin first), i.e. as slow as untuned, which is logged as a warning.
+    """
 
     trials: int
     trials_per_task: int
     root: Path
+    ops: tuple[str, ...] = TUNED_OPS
 
 
 @dataclass
@@ -136,33 +149,71 @@ def workload_hash(mod: tvm.IRModule) -> list[int]:
     )
 
 
-def tune(mod: tvm.IRModule, target: tvm.target.Target, tuning: Tuning) -> tuple[Path, float, int]:
-    """Tune with MetaSchedule unless the database of this workload and target already holds
-    at least ``trials`` trials; returns (work_dir, seconds spent, trials in the database)."""
+def tuning_tasks(mod: tvm.IRModule, target: tvm.target.Target, ops: tuple[str, ...]) -> list:
+    """The MetaSchedule tasks worth searching: those named after one of ``ops``."""
     from tvm.s_tir import meta_schedule as ms
 
-    key = config_hash({"workload": workload_hash(mod), "target": str(target)})
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    return [t for t in tasks if any(op in t.task_name for op in ops)]
+
+
+def trial_budget(tuning: Tuning, n_tasks: int) -> int:
+    """Global trials: as configured, or tasks x per-task when ``trials <= 0``."""
+    if tuning.trials > 0:
+        if tuning.trials_per_task and tuning.trials < n_tasks * tuning.trials_per_task:
+            log.warning(
+                "metaschedule: %d trials < %d tasks x %d per task: some tasks get no trial "
+                "and stay as slow as untuned (compiler.trials=0 gives every task its share)",
+                tuning.trials,
+                n_tasks,
+                tuning.trials_per_task,
+            )
+        return tuning.trials
+    if not tuning.trials_per_task:
+        raise ValueError("compiler.trials=0 (a share per task) needs compiler.trials_per_task > 0")
+    return n_tasks * tuning.trials_per_task
+
+
+def tune(mod: tvm.IRModule, target: tvm.target.Target, tuning: Tuning) -> tuple[Path, float, int]:
+    """Tune with MetaSchedule unless the database of this workload and target already holds
+    at least the budget's trials; returns (work_dir, seconds spent, trials in the database)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    key = config_hash(
+        {"workload": workload_hash(mod), "target": str(target), "ops": list(tuning.ops)}
+    )
     work_dir = tuning.root / key
     state_file = work_dir / "dlas_tuning.json"
     done = json.loads(state_file.read_text())["trials"] if state_file.exists() else 0
-    if done >= tuning.trials:
+    tasks = tuning_tasks(mod, target, tuning.ops)
+    trials = trial_budget(tuning, len(tasks))
+    if done >= trials or not tasks:
         return work_dir, 0.0, done
     install_fast_tvmscript()
     work_dir.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "metaschedule: %d trials over %d tasks (%s per task) into %s",
+        trials,
+        len(tasks),
+        tuning.trials_per_task or "no cap",
+        work_dir,
+    )
     start = time.perf_counter()
-    ms.relax_integration.tune_relax(
-        mod,
-        params={},
-        target=target,
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        tasks, work_dir=str(work_dir)
+    )
+    ms.tune.tune_tasks(
+        tasks=contexts,
+        task_weights=weights,
         work_dir=str(work_dir),
-        max_trials_global=tuning.trials,
+        max_trials_global=trials,
         max_trials_per_task=tuning.trials_per_task or None,
         builder=ms.builder.LocalBuilder(initializer=install_fast_tvmscript),
         runner=ms.runner.LocalRunner(initializer=install_fast_tvmscript),
     )
     tune_s = time.perf_counter() - start
-    state_file.write_text(json.dumps({"trials": tuning.trials, "tune_s": tune_s}))
-    return work_dir, tune_s, tuning.trials
+    state_file.write_text(json.dumps({"trials": trials, "tasks": len(tasks), "tune_s": tune_s}))
+    return work_dir, tune_s, trials
 
 
 def build(
@@ -185,12 +236,6 @@ def build(
     tune_s, trials = 0.0, 0
     names = [name for name, _ in steps]
     if tuning is not None:
-        log.info(
-            "metaschedule: %d trials (%s per task) into %s",
-            tuning.trials,
-            tuning.trials_per_task or "no cap",
-            tuning.root,
-        )
         work_dir, tune_s, trials = tune(mod, device.target, tuning)
         with target, tvm.transform.PassContext(opt_level=3):
             mod = relax.transform.MetaScheduleApplyDatabase(str(work_dir))(mod)
