@@ -174,6 +174,7 @@ class TrackingConf:
     experiment: str = "dlas"
     artifact_root: str | None = None  # default: <dir of the sqlite db>/artifacts
     run_name: str | None = None
+    resume: bool | None = None  # reuse a FINISHED run of the same config; null: in sweeps
 
 
 @dataclass

@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,17 @@ from torch import nn
 from dlas.cache import Entry, StageCache, config_hash
 from dlas.compression import Compression
 from dlas.data import ImageClassificationData
+from dlas.hardware.cores import computing
 from dlas.metrics import count_macs, structure
 from dlas.models.export import export_model, load_program
-from dlas.tracking import RunLogger, flatten, tracked_run
+from dlas.tracking import RunLogger, flatten, setup_experiment, tracked_run
+from dlas.tracking.sweep import (
+    current_sweep,
+    finished_run,
+    process_tags,
+    reap_orphaned_runs,
+    reuse_finished,
+)
 from dlas.training import Trainer
 
 # Keys that change how a stage runs but not what it produces.
@@ -201,14 +210,40 @@ def deploy_and_log(
     return result.metrics
 
 
-def open_run(cfg: DictConfig, tags: dict[str, str]):
-    """An MLflow run named after the stack point, tagged with its config hash."""
+def point_hash(cfg: DictConfig, entry: str) -> str:
+    """A point's identity: its whole resolved config (not where it is logged) and entry."""
+    resolved = OmegaConf.to_container(cfg, resolve=True) | {"tracking": None}
+    return config_hash({"entry": entry, "config": resolved})
+
+
+def previous_result(cfg: DictConfig, entry: str) -> dict[str, float] | None:
+    """The metrics of this exact point if it already FINISHED and resuming is on
+    (``tracking.resume``; null = in sweeps); orphaned RUNNING runs are reaped first."""
+    t = cfg.tracking
+    experiment_id = setup_experiment(t.uri, t.experiment, t.artifact_root)
+    reap_orphaned_runs(experiment_id)
+    sweep = current_sweep()
+    if not (sweep is not None if t.resume is None else t.resume):
+        return None
+    run = finished_run(experiment_id, point_hash(cfg, entry))
+    return None if run is None else reuse_finished(run, sweep)
+
+
+def open_run(cfg: DictConfig, entry: str, tags: dict[str, str]):
+    """An MLflow run named after the stack point, tagged with its identity, its sweep,
+    and the process that owns it."""
     name = (
         cfg.tracking.run_name
         or f"{cfg.model.name}-{cfg.compression.name}-{cfg.algorithm.name}-{cfg.compiler.name}"
     )
-    resolved = OmegaConf.to_container(cfg, resolve=True) | {"tracking": None}
-    tags = {"dlas.config_hash": config_hash(resolved), **tags}
+    sweep = current_sweep()
+    tags = {
+        "dlas.config_hash": point_hash(cfg, entry),
+        "dlas.entry": entry,
+        **process_tags(),
+        **(sweep.tags() if sweep is not None else {}),
+        **tags,
+    }
     return tracked_run(
         cfg.tracking.uri,
         cfg.tracking.experiment,
@@ -228,14 +263,31 @@ def check_systems_layers(cfg: DictConfig) -> Any:
     return check_layers(cfg)
 
 
-def run_point(cfg: DictConfig) -> dict[str, float]:
+def resumable(
+    cfg: DictConfig, entry: str, body: Callable[[DictConfig, Point], dict[str, float]]
+) -> dict[str, float]:
+    """Validate, reuse a finished identical point if resuming, else run ``body`` while
+    holding the host's core lock shared (measurements inside take it exclusively)."""
     point = build_point(cfg)
+    done = previous_result(cfg, entry)
+    if done is not None:
+        return done
+    with computing():
+        return body(cfg, point)
+
+
+def run_point(cfg: DictConfig) -> dict[str, float]:
+    """Layers 1-3 (and 4-6 unless ``deploy=false``) of one point, in one MLflow run."""
+    return resumable(cfg, "train", _run_point)
+
+
+def _run_point(cfg: DictConfig, point: Point) -> dict[str, float]:
     threads = resolve_threads(cfg.hardware.threads)
     torch.set_num_threads(threads)
     keys = stage_keys(point)
     cache = StageCache(cfg.cache_dir, enabled=cfg.use_cache)
     tags = {"dlas.train_key": keys["train"], "dlas.compress_key": keys["compress"]}
-    with open_run(cfg, tags) as run:
+    with open_run(cfg, "train", tags) as run:
         mlflow.log_params(run_params(point, threads))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         device = check_systems_layers(cfg)
@@ -286,11 +338,14 @@ def model_from_uri(uri: str) -> tuple[Path, dict[str, Any]]:
 def deploy_point(cfg: DictConfig) -> dict[str, float]:
     """Layers 4-6 alone, on the compressed model of the same upstream layers (stage
     cache) or of ``model_uri``; never trains. Logs a run with the train.py schema."""
-    point = build_point(cfg)
+    return resumable(cfg, "deploy", _deploy_point)
+
+
+def _deploy_point(cfg: DictConfig, point: Point) -> dict[str, float]:
     threads = resolve_threads(cfg.hardware.threads)
     torch.set_num_threads(threads)
     keys = stage_keys(point)
-    with open_run(cfg, {"dlas.compress_key": keys["compress"], "dlas.entry": "deploy"}):
+    with open_run(cfg, "deploy", {"dlas.compress_key": keys["compress"]}):
         mlflow.log_params(run_params(point, threads))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         from dlas.deployment import check_layers

@@ -174,7 +174,7 @@ def test_multirun_sweep_gives_one_run_per_point_and_caches(workdir):
     points = {(r.data.params["model"], r.data.params["compression"]) for r in done}
     assert points == {(m, c) for m in ("resnet18", "mobilenet_v2") for c in ("none", "prune")}
     assert all(set(r.data.metrics) >= METRICS for r in done)  # one schema, column by column
-    second = run_entry("train.py", *sweep)
+    second = run_entry("train.py", *sweep, "tracking.resume=false")  # measure them again
     assert second.returncode == 0
     again = [r for r in runs(workdir["uri"]) if r.info.run_id not in {d.info.run_id for d in done}]
     assert len(again) == 4 and all(r.data.metrics["cache_hit"] == 1.0 for r in again)

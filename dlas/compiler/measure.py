@@ -196,7 +196,19 @@ def measure_in_subprocess(
     Python exception there, or exceeding ``timeout`` seconds (the child is then killed)
     raises :class:`MeasurementError` here; this process is unaffected. ``timeout`` and
     ``label`` (the point's name in messages) are not passed to ``job``.
+
+    While it runs, this process holds the host's core lock exclusively
+    (:mod:`dlas.hardware.cores`), so no other dlas job computes beside a measurement.
     """
+    from dlas.hardware.cores import exclusive
+
+    with exclusive():
+        return _run_in_child(job, args, kwargs, timeout, label)
+
+
+def _run_in_child(
+    job: Callable[..., T], args: tuple, kwargs: dict, timeout: float, label: str | None
+) -> T:
     what = label or getattr(job, "__qualname__", repr(job))
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)

@@ -177,7 +177,7 @@ def trial_budget(tuning: Tuning, n_tasks: int) -> int:
 def tune(mod: tvm.IRModule, target: tvm.target.Target, tuning: Tuning) -> tuple[Path, float, int]:
     """Tune with MetaSchedule unless the database of this workload and target already holds
     at least the budget's trials; returns (work_dir, seconds spent, trials in the database)."""
-    from tvm.s_tir import meta_schedule as ms
+    from dlas.hardware.cores import exclusive
 
     key = config_hash(
         {"workload": workload_hash(mod), "target": str(target), "ops": list(tuning.ops)}
@@ -198,6 +198,15 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, tuning: Tuning) -> tuple[
         tuning.trials_per_task or "no cap",
         work_dir,
     )
+    with exclusive():  # candidates are timed as they are found: nothing else may run
+        tune_s = _tune_tasks(tasks, work_dir, trials, tuning.trials_per_task)
+    state_file.write_text(json.dumps({"trials": trials, "tasks": len(tasks), "tune_s": tune_s}))
+    return work_dir, tune_s, trials
+
+
+def _tune_tasks(tasks: list, work_dir: Path, trials: int, per_task: int) -> float:
+    from tvm.s_tir import meta_schedule as ms
+
     start = time.perf_counter()
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         tasks, work_dir=str(work_dir)
@@ -207,13 +216,11 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, tuning: Tuning) -> tuple[
         task_weights=weights,
         work_dir=str(work_dir),
         max_trials_global=trials,
-        max_trials_per_task=tuning.trials_per_task or None,
+        max_trials_per_task=per_task or None,
         builder=ms.builder.LocalBuilder(initializer=install_fast_tvmscript),
         runner=ms.runner.LocalRunner(initializer=install_fast_tvmscript),
     )
-    tune_s = time.perf_counter() - start
-    state_file.write_text(json.dumps({"trials": trials, "tasks": len(tasks), "tune_s": tune_s}))
-    return work_dir, tune_s, trials
+    return time.perf_counter() - start
 
 
 def build(

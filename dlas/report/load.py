@@ -1,0 +1,184 @@
+"""Read the stack points of an MLflow experiment into one tidy frame.
+
+MLflow hands back ``params.*`` strings, ``metrics.*`` floats and ``tags.*`` columns, with
+failed runs and superseded re-runs mixed in. The report wants one row per point with plain
+names and numbers, so this is the only module that knows the run schema of ``dlas.stack``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+
+from dlas.report.analysis import (
+    NOT_APPLICABLE,
+    algorithm_label,
+    is_tvm,
+    sort_points,
+    top1_as_percent,
+)
+
+# plain column -> MLflow param / metric / tag name
+PARAMS = {
+    "dataset": "dataset",
+    "model": "model",
+    "compression": "compression",
+    "amount": "compression.amount",
+    "algorithm": "algorithm",
+    "data_format": "data_format",
+    "compiler": "compiler",
+    "hardware": "hardware",
+    "threads": "threads",
+}
+NUMERIC_PARAMS = ("amount", "threads")
+METRICS = {
+    "top1": "top1",
+    "size_bytes": "size_bytes",
+    "params": "params",
+    "macs": "macs",
+    "sparsity": "sparsity",
+    "latency_ms": "latency_ms_median",
+    "latency_ms_mean": "latency_ms_mean",
+    "latency_ms_p90": "latency_ms_p90",
+    "torch_latency_ms": "torch_latency_ms",
+    "speedup": "speedup_vs_torch",
+    "compile_s": "compile_s",
+    "tune_s": "tune_s",
+    "max_abs_err": "max_abs_err_vs_torch",
+    "compiled_top1": "compiled_top1",
+}
+TAGS = {
+    "config_hash": "dlas.config_hash",
+    "sweep_id": "dlas.sweep_id",
+    "entry": "dlas.entry",
+    "run_name": "mlflow.runName",
+}
+
+
+def default_uri() -> str:
+    """The store ``train.py`` writes to when nothing overrides it (conf/tracking/mlflow.yaml)."""
+    return os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns/mlflow.db")
+
+
+def sweep_filter(sweep: str) -> str:
+    """MLflow filter for the runs that belong to ``sweep`` (a point can belong to several)."""
+    if any(c in sweep for c in "`'\"\n"):
+        raise ValueError(f"sweep id {sweep!r} cannot contain quotes or backticks")
+    return f"tags.`dlas.sweep.{sweep}` = 'true'"
+
+
+def open_store(uri: str) -> MlflowClient:
+    """A client on ``uri``, refusing a sqlite file that does not exist: MLflow would silently
+    create an empty store there (a typo, or the wrong working directory), and the report
+    would then claim the experiment is missing instead of the store."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        if not db.exists():
+            raise ValueError(
+                f"no MLflow store at {db.resolve()} (from --uri {uri}); run from the project "
+                "root or pass --uri / MLFLOW_TRACKING_URI"
+            )
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_names(client: MlflowClient) -> list[str]:
+    return sorted(e.name for e in client.search_experiments())
+
+
+def load_points(uri: str, experiment: str, sweep: str | None = None) -> pd.DataFrame:
+    """One row per stack point of ``experiment`` (only ``sweep``'s when given).
+
+    Only FINISHED runs count, and of runs sharing a ``dlas.config_hash`` (the same point run
+    again) only the newest. Columns: the keys of :data:`PARAMS`, :data:`METRICS` and
+    :data:`TAGS`, plus ``label`` (algorithm, ``+csr``/``+bsr`` when sparse; ``n/a`` for
+    non-TVM compilers), ``run_id`` and ``start_time``. ``top1`` is in percent.
+
+    Raises ValueError, naming the experiment (and sweep) and listing the experiments that
+    do exist, when there is nothing to report on.
+    """
+    client = open_store(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None or found.lifecycle_stage != "active":
+        raise ValueError(
+            f"no MLflow experiment {experiment!r} in {uri}; existing experiments: "
+            f"{', '.join(experiment_names(client)) or '(none)'}"
+        )
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(
+        experiment_ids=[found.experiment_id],
+        filter_string=sweep_filter(sweep) if sweep else None,
+        output_format="pandas",
+    )
+    finished = runs[runs["status"] == "FINISHED"] if not runs.empty else runs
+    if finished.empty:
+        raise ValueError(nothing_to_report(client, found.experiment_id, experiment, sweep, runs))
+    return sort_points(newest_per_config(tidy(finished))).reset_index(drop=True)
+
+
+def nothing_to_report(
+    client: MlflowClient,
+    experiment_id: str,
+    experiment: str,
+    sweep: str | None,
+    runs: pd.DataFrame,
+) -> str:
+    """Why there is no FINISHED run: a wrong sweep id (name the ones that exist) or only
+    failed/running points (count them by status)."""
+    where = f"experiment {experiment!r}" + (f" sweep {sweep!r}" if sweep else "")
+    if not runs.empty:
+        counts = runs["status"].value_counts().to_dict()
+        return f"{where} has no FINISHED runs (found {counts})"
+    message = f"{where} has no runs"
+    if sweep:
+        mlflow.set_tracking_uri(client.tracking_uri)
+        every = mlflow.search_runs(experiment_ids=[experiment_id], output_format="pandas")
+        column = f"tags.{TAGS['sweep_id']}"
+        sweeps = sorted(every[column].dropna().unique()) if column in every.columns else []
+        message += f"; sweeps in this experiment: {', '.join(sweeps) or '(none tagged)'}"
+    return message + f"; existing experiments: {', '.join(experiment_names(client))}"
+
+
+def _column(runs: pd.DataFrame, name: str) -> pd.Series:
+    return runs[name] if name in runs.columns else pd.Series(np.nan, index=runs.index)
+
+
+def tidy(runs: pd.DataFrame) -> pd.DataFrame:
+    """``mlflow.search_runs`` output -> plain, typed columns (absent ones are NaN, so a
+    sweep without deployment still has a ``latency_ms`` column)."""
+    points = pd.DataFrame(index=runs.index)
+    for column, param in PARAMS.items():
+        values = _column(runs, f"params.{param}")
+        if column in NUMERIC_PARAMS:
+            points[column] = pd.to_numeric(values, errors="coerce")
+        else:
+            points[column] = values.fillna("").astype(str)
+    for column, metric in METRICS.items():
+        points[column] = pd.to_numeric(_column(runs, f"metrics.{metric}"), errors="coerce")
+    for column, tag in TAGS.items():
+        points[column] = _column(runs, f"tags.{tag}")
+    points["top1"] = top1_as_percent(points["top1"])
+    tvm = points["compiler"].map(is_tvm)
+    points["label"] = [
+        algorithm_label(a, f, c)
+        for a, f, c in zip(
+            points["algorithm"], points["data_format"], points["compiler"], strict=True
+        )
+    ]
+    points.loc[~tvm, ["algorithm", "data_format"]] = NOT_APPLICABLE
+    points["run_id"] = runs["run_id"]
+    points["start_time"] = runs["start_time"]
+    return points
+
+
+def newest_per_config(points: pd.DataFrame) -> pd.DataFrame:
+    """Keep the newest run of each ``config_hash``: re-running a point supersedes it. Runs
+    without a hash (logged by hand, older code) are all kept."""
+    newest_first = points.sort_values("start_time", ascending=False, kind="stable")
+    hashed = newest_first["config_hash"].notna() & (newest_first["config_hash"] != "")
+    keep = ~newest_first["config_hash"].duplicated() | ~hashed
+    return newest_first[keep]
