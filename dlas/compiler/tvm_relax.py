@@ -241,9 +241,12 @@ def build(
             log.info("tvm pipeline %d/%d: %s", i, len(steps), name)
             mod = step(mod)
     tune_s, trials = 0.0, 0
+    info: dict[str, Any] = {"dtype": dtype}
     names = [name for name, _ in steps]
     if tuning is not None:
         work_dir, tune_s, trials = tune(mod, device.target, tuning)
+        state = work_dir / "dlas_tuning.json"  # what building the database cost, once
+        info["tuning_cost_s"] = json.loads(state.read_text())["tune_s"] if state.exists() else 0.0
         with target, tvm.transform.PassContext(opt_level=3):
             mod = relax.transform.MetaScheduleApplyDatabase(str(work_dir))(mod)
         names += ["metaschedule_tune", "apply_tuning_database"]
@@ -259,5 +262,5 @@ def build(
         tune_s,
         algorithms.records,
         names,
-        {"dtype": dtype, "tuning_trials": trials},
+        info | {"tuning_trials": trials},
     )
