@@ -142,3 +142,30 @@ def test_measurement_excludes_every_other_job_on_the_host(tmp_path):
             assert not _try_lock(path, fcntl.LOCK_SH)  # nobody computes while we measure
         assert _try_lock(path, fcntl.LOCK_SH)
     assert _try_lock(path, fcntl.LOCK_EX)  # released on exit
+
+
+def test_dlas_grid_preset_is_a_48_point_grid_of_valid_points():
+    import itertools
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from dlas.algorithms import check_combination
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(
+            config_name="config", overrides=["experiment=dlas_grid"], return_hydra_config=True
+        )
+        grid = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+        assert len(list(itertools.product(*grid.values()))) == 48
+        for values in itertools.product(*grid.values()):
+            point = hydra_compose(
+                config_name="config",
+                overrides=[
+                    "experiment=dlas_grid",
+                    *(f"{k}={v}" for k, v in zip(grid, values, strict=True)),
+                ],
+            )
+            a = point.algorithm
+            check_combination(a.name, a.data_format, a.fallback)  # no impossible pair
+            assert point.dataset.name == "mnist5k" and point.measure.verify_samples == 64
