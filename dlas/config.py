@@ -193,6 +193,8 @@ class Config:
     seed: int = 0
     cache_dir: str = ".cache/dlas"
     use_cache: bool = True
+    search: Any = None  # search.py: the Optuna study (conf/search/)
+    characterize: Any = None  # characterize.py: ineffectual-computation analysis
 
 
 SCHEMAS: dict[str, dict[str, type]] = {

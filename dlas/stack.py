@@ -212,7 +212,8 @@ def deploy_and_log(
 
 def point_hash(cfg: DictConfig, entry: str) -> str:
     """A point's identity: its whole resolved config (not where it is logged) and entry."""
-    resolved = OmegaConf.to_container(cfg, resolve=True) | {"tracking": None}
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved |= {"tracking": None, "search": None, "characterize": None}  # not the point
     return config_hash({"entry": entry, "config": resolved})
 
 
