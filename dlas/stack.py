@@ -9,7 +9,9 @@ its structure, and log all of it under one schema shared by every point.
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import logging
 import os
 import tempfile
 import time
@@ -40,6 +42,8 @@ from dlas.tracking.sweep import (
     reuse_finished,
 )
 from dlas.training import Trainer
+
+log = logging.getLogger("dlas.stack")
 
 # Keys that change how a stage runs but not what it produces.
 NOT_IN_CACHE_KEY = {"num_workers", "eval_batch_size", "progress_bar", "limit_eval_batches"}
@@ -277,17 +281,30 @@ def resumable(
         return body(cfg, point)
 
 
-def run_point(cfg: DictConfig) -> dict[str, float]:
-    """Layers 1-3 (and 4-6 unless ``deploy=false``) of one point, in one MLflow run."""
-    return resumable(cfg, "train", _run_point)
+#: Looks at a point's layer 1-3 metrics; a returned reason stops it before layers 4-6.
+Gate = Callable[[dict[str, float]], "str | None"]
 
 
-def _run_point(cfg: DictConfig, point: Point) -> dict[str, float]:
+def run_point(
+    cfg: DictConfig, tags: dict[str, str] | None = None, gate: Gate | None = None
+) -> dict[str, float]:
+    """Layers 1-3 (and 4-6 unless ``deploy=false``) of one point, in one MLflow run.
+
+    ``gate`` (search constraints) may stop a point after compression: its run then ends
+    FINISHED without deployment, tagged ``dlas.pruned`` with the reason, and the metrics
+    returned carry ``pruned = 1``.
+    """
+    return resumable(cfg, "train", functools.partial(_run_point, tags=tags or {}, gate=gate))
+
+
+def _run_point(
+    cfg: DictConfig, point: Point, tags: dict[str, str], gate: Gate | None
+) -> dict[str, float]:
     threads = resolve_threads(cfg.hardware.threads)
     torch.set_num_threads(threads)
     keys = stage_keys(point)
     cache = StageCache(cfg.cache_dir, enabled=cfg.use_cache)
-    tags = {"dlas.train_key": keys["train"], "dlas.compress_key": keys["compress"]}
+    tags = {"dlas.train_key": keys["train"], "dlas.compress_key": keys["compress"], **tags}
     with open_run(cfg, "train", tags) as run:
         mlflow.log_params(run_params(point, threads))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
@@ -319,6 +336,11 @@ def _run_point(cfg: DictConfig, point: Point) -> dict[str, float]:
         mlflow.log_dict(m["report"], "compression_report.json")
         mlflow.log_artifact(str(compressed.program_path), "model")
         mlflow.log_dict(compressed.meta | {"baseline": baseline.meta}, "model/meta.json")
+        reason = gate(metrics) if gate is not None else None
+        if reason is not None:
+            mlflow.set_tag("dlas.pruned", reason)
+            log.info("stopped before deployment: %s", reason)
+            return metrics | {"pruned": 1.0}
         if device is not None:
             metrics |= deploy_and_log(
                 cfg, device, point, compressed.program_path, compressed.model()

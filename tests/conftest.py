@@ -53,9 +53,29 @@ def compose(*args: str):
         return hydra_compose(config_name="config", overrides=list(args))
 
 
-def run_entry(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def _env() -> dict[str, str]:
     env = {**os.environ, "CI": "1", "HYDRA_FULL_ERROR": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def start_entry(script: str, *args: str, log: Path) -> subprocess.Popen:
+    """Start an entry point in the background, in its own process group (a test can
+    kill -9 the whole tree), its output going to ``log`` (a pipe nobody reads fills up)."""
+    out = log.open("w")
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+        start_new_session=True,
+    )
+
+
+def run_entry(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = _env()
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args],
         cwd=ROOT,

@@ -9,10 +9,11 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import ROOT, overrides, runs
+from conftest import ROOT, overrides, run_entry, runs, start_entry
 
 from dlas.hardware import cores
 from dlas.tracking import setup_experiment
@@ -27,20 +28,6 @@ def _sweep(workdir, *extra):
     ]
 
 
-def _start(args):
-    env = {**os.environ, "CI": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,  # its own process group: kill -9 takes the whole sweep
-    )
-
-
 def _statuses(uri):
     try:
         return [r.info.status for r in runs(uri)]
@@ -50,13 +37,13 @@ def _statuses(uri):
 
 def test_killed_sweep_resumes_with_one_finished_run_per_point(workdir):
     args = _sweep(workdir, "compression=none,prune,channel_prune")
-    proc = _start(args)
+    proc = start_entry("train.py", *args, log=Path(workdir["tmp"]) / "sweep.log")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # kill -9 once one point finished and one runs
         status = _statuses(workdir["uri"])
         if "FINISHED" in status and "RUNNING" in status:
             break
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert proc.poll() is None, (Path(workdir["tmp"]) / "sweep.log").read_text()[-3000:]
         time.sleep(0.2)
     else:
         pytest.fail("the sweep never reached its second point")
@@ -67,14 +54,7 @@ def test_killed_sweep_resumes_with_one_finished_run_per_point(workdir):
     orphan = [i for i, r in before.items() if r.info.status == "RUNNING"]
     assert len(finished) == 1 and len(orphan) == 1  # killed: nothing closed the run
 
-    again = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-    )
+    again = run_entry("train.py", *args)
     assert again.returncode == 0, again.stderr[-3000:]
     after = runs(workdir["uri"])
     done = [r for r in after if r.info.status == "FINISHED"]

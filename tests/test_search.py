@@ -1,0 +1,176 @@
+"""search.py: the conditional space, bad search configs, and real studies through the
+entry point (trials, failures, interruption, two workers on one study)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import ROOT, overrides, run_entry, runs, start_entry
+from omegaconf import OmegaConf
+
+from dlas.search import check_search, suggest_point
+from dlas.search.study import gate
+
+
+def search_cfg(*extra: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import dlas  # noqa: F401
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="search", overrides=list(extra))
+
+
+def test_sparse_formats_are_asked_only_of_pruned_models():
+    space = search_cfg().search.space
+    pruned = optuna.trial.FixedTrial(
+        {
+            "model": "resnet18",
+            "compression": "prune",
+            "prune.amount": 0.9,
+            "compiler": "tvm_untuned",
+            "data_format": "csr",
+            "sparsity_threshold": 0.5,
+            "threads": 2,
+        }
+    )
+    got = suggest_point(pruned, space)
+    assert "algorithm=gemm" in got and "algorithm.data_format=csr" in got
+    assert "compression.amount=0.9000" in got
+    # FixedTrial raises on any question it has no answer for: these trials prove that a
+    # dense model is never asked for a format, a framework never for an algorithm, an
+    # int8 model never offered Winograd, and trials_per_task only for MetaSchedule.
+    dense = {"model": "vgg16", "compression": "none", "compiler": "tvm_autoschedule"}
+    got = suggest_point(
+        optuna.trial.FixedTrial(
+            dense | {"algorithm": "winograd", "trials_per_task": 2, "threads": 1}
+        ),
+        OmegaConf.merge(space, {"model": ["vgg16"]}),
+    )
+    assert got == [
+        "model=vgg16",
+        "compression=none",
+        "compiler=tvm_autoschedule",
+        "algorithm=winograd",
+        "compiler.trials=0",
+        "compiler.trials_per_task=2",
+        "hardware.threads=1",
+    ]
+    framework = {"model": "resnet18", "compression": "quant", "compiler": "tvm_untuned"}
+    with pytest.raises(ValueError, match="winograd"):  # not among the int8 choices
+        suggest_point(
+            optuna.trial.FixedTrial(framework | {"algorithm_int8": "winograd", "threads": 1}),
+            space,
+        )
+    got = suggest_point(
+        optuna.trial.FixedTrial(
+            {"model": "resnet18", "compression": "quant", "compiler": "onnxruntime", "threads": 1}
+        ),
+        OmegaConf.merge(space, {"compiler": ["onnxruntime"]}),
+    )
+    assert not any(o.startswith("algorithm") for o in got)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["search.space.model=[resnet18,alexnet]"], "alexnet"),
+        (["search.space.compiler=[tvm]"], "valid choices"),
+        (["search.metrics=[top1]"], "same length"),
+        (["search.metrics=[top1,speed]"], "speed"),
+        (["search.directions=[maximize,smaller]"], "smaller"),
+        (["deploy=false"], "deploy=false"),
+        (["search.sampler=random"], "nsga2, tpe"),
+        (["search.space.compression.prune=[0.5,1.5]"], "within"),
+    ],
+)
+def test_bad_search_config_is_rejected_naming_the_value(bad, message):
+    with pytest.raises(ValueError, match=message):
+        check_search(search_cfg(*bad))
+
+
+def test_constraints_known_after_compression_stop_the_point():
+    check = gate(OmegaConf.create({"min_top1": 90.0, "max_size_bytes": 1e6}))
+    assert "min_top1" in check({"top1": 80.0, "size_bytes": 1.0})
+    assert "max_size_bytes" in check({"top1": 95.0, "size_bytes": 2e6})
+    assert check({"top1": 95.0, "size_bytes": 1e5}) is None
+
+
+def _search_args(workdir, *extra):
+    return [
+        *overrides(workdir, "dataset=synthetic", "dataset.num_samples=48"),
+        f"search.storage=sqlite:///{workdir['tmp']}/optuna.db",
+        f"search.out_dir={workdir['tmp']}/reports",
+        "search.metrics=[top1,size_bytes]",
+        "search.space.model=[resnet18]",
+        "search.space.compression={none:null,prune:[0.5,0.9]}",
+        *extra,
+    ]
+
+
+def _study(workdir):
+    return optuna.load_study(
+        study_name="dlas-codesign", storage=f"sqlite:///{workdir['tmp']}/optuna.db"
+    )
+
+
+def test_search_runs_trials_as_tagged_runs_and_resumes_after_interrupt(workdir):
+    args = _search_args(workdir, "search.n_trials=3", "search.seed=0")
+    proc = start_entry("search.py", *args, log=Path(workdir["tmp"]) / "search.log")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # Ctrl-C once the first trial has answered
+        try:
+            if len(_study(workdir).get_trials(states=[optuna.trial.TrialState.COMPLETE])):
+                break
+        except KeyError:  # no study yet
+            pass
+        assert proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    assert len(_study(workdir).get_trials(states=[optuna.trial.TrialState.COMPLETE])) < 3
+
+    rerun = run_entry("search.py", *args)  # the same study, topped up to 3 answers
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    study = _study(workdir)
+    complete = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(complete) == 3 and len(study.best_trials) >= 1
+    tagged = [r for r in runs(workdir["uri"]) if r.data.tags.get("dlas.study") == "dlas-codesign"]
+    finished = {r.info.run_id for r in tagged if r.info.status == "FINISHED"}
+    assert {t.user_attrs["run_id"] for t in complete} <= finished
+    assert {int(r.data.tags["dlas.trial"]) for r in tagged} >= {t.number for t in complete}
+    assert (ROOT / workdir["tmp"] / "reports" / "dlas-codesign" / "pareto_front.png").exists()
+
+
+def test_failing_trials_are_fail_in_optuna_and_failed_in_mlflow(workdir):
+    # deploy=true on a machine without a GPU: every point fails inside its run, early.
+    args = _search_args(
+        workdir,
+        "search.n_trials=2",
+        "deploy=true",
+        "hardware=cuda",
+        "search.space.compiler=[pytorch]",
+    )
+    result = run_entry("search.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]  # the study went on
+    trials = _study(workdir).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2
+    assert all("CUDA" in t.user_attrs["error"] or "cuda" in t.user_attrs["error"] for t in trials)
+    statuses = {r.data.tags["dlas.trial"]: r.info.status for r in runs(workdir["uri"])}
+    assert statuses == {"0": "FAILED", "1": "FAILED"}
+
+
+def test_two_workers_share_one_study(workdir):
+    args = _search_args(workdir, "search.n_trials=4")
+    logs = [Path(workdir["tmp"]) / f"worker{i}.log" for i in range(2)]
+    workers = [start_entry("search.py", *args, log=log) for log in logs]
+    for worker, log in zip(workers, logs, strict=True):
+        assert worker.wait(timeout=600) == 0, log.read_text()[-3000:]
+    complete = _study(workdir).get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(complete) >= 4
+    assert len({t.user_attrs["worker"] for t in complete}) == 2  # both contributed
