@@ -221,8 +221,11 @@ def point_hash(cfg: DictConfig, entry: str) -> str:
     return config_hash({"entry": entry, "config": resolved})
 
 
-def previous_result(cfg: DictConfig, entry: str) -> dict[str, float] | None:
-    """The metrics of this exact point if it already FINISHED and resuming is on
+def previous_result(
+    cfg: DictConfig, entry: str, run_hash: str | None = None
+) -> dict[str, float] | None:
+    """The metrics of this exact point (or of the run ``run_hash`` names, for entries with
+    settings beyond the point) if it already FINISHED and resuming is on
     (``tracking.resume``; null = in sweeps); orphaned RUNNING runs are reaped first."""
     t = cfg.tracking
     experiment_id = setup_experiment(t.uri, t.experiment, t.artifact_root)
@@ -230,7 +233,7 @@ def previous_result(cfg: DictConfig, entry: str) -> dict[str, float] | None:
     sweep = current_sweep()
     if not (sweep is not None if t.resume is None else t.resume):
         return None
-    run = finished_run(experiment_id, point_hash(cfg, entry))
+    run = finished_run(experiment_id, run_hash or point_hash(cfg, entry))
     return None if run is None else reuse_finished(run, sweep)
 
 

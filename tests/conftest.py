@@ -91,3 +91,11 @@ def runs(uri: str, experiment: str = "dlas"):
 
     mlflow.set_tracking_uri(uri)
     return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+def statuses(uri: str) -> list[str]:
+    """Run statuses in ``uri``, or none while the entry point has not created the store."""
+    try:
+        return [r.info.status for r in runs(uri)]
+    except Exception:
+        return []

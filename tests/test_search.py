@@ -9,7 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT, overrides, run_entry, runs, start_entry
+from conftest import ROOT, overrides, run_entry, runs, start_entry, statuses
 from omegaconf import OmegaConf
 
 from dlas.search import check_search, suggest_point
@@ -121,18 +121,16 @@ def _study(workdir):
 
 def test_search_runs_trials_as_tagged_runs_and_resumes_after_interrupt(workdir):
     args = _search_args(workdir, "search.n_trials=3", "search.seed=0")
-    proc = start_entry("search.py", *args, log=Path(workdir["tmp"]) / "search.log")
+    log = Path(workdir["tmp"]) / "search.log"
+    proc = start_entry("search.py", *args, log=log)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # Ctrl-C once the first trial has answered
-        try:
-            if len(_study(workdir).get_trials(states=[optuna.trial.TrialState.COMPLETE])):
-                break
-        except KeyError:  # no study yet
-            pass
-        assert proc.poll() is None
+    while time.monotonic() < deadline:  # Ctrl-C once the first trial's run has finished
+        if "FINISHED" in statuses(workdir["uri"]):
+            break
+        assert proc.poll() is None, log.read_text()[-3000:]
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
+    assert proc.wait(timeout=120) != 0, log.read_text()[-3000:]
     assert len(_study(workdir).get_trials(states=[optuna.trial.TrialState.COMPLETE])) < 3
 
     rerun = run_entry("search.py", *args)  # the same study, topped up to 3 answers

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import ROOT, overrides, run_entry, runs, start_entry
+from conftest import ROOT, overrides, run_entry, runs, start_entry, statuses
 
 from dlas.hardware import cores
 from dlas.tracking import setup_experiment
@@ -28,19 +28,12 @@ def _sweep(workdir, *extra):
     ]
 
 
-def _statuses(uri):
-    try:
-        return [r.info.status for r in runs(uri)]
-    except Exception:  # the store is created by the sweep itself
-        return []
-
-
 def test_killed_sweep_resumes_with_one_finished_run_per_point(workdir):
     args = _sweep(workdir, "compression=none,prune,channel_prune")
     proc = start_entry("train.py", *args, log=Path(workdir["tmp"]) / "sweep.log")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # kill -9 once one point finished and one runs
-        status = _statuses(workdir["uri"])
+        status = statuses(workdir["uri"])
         if "FINISHED" in status and "RUNNING" in status:
             break
         assert proc.poll() is None, (Path(workdir["tmp"]) / "sweep.log").read_text()[-3000:]

@@ -72,13 +72,17 @@ def storage(url: str) -> optuna.storages.RDBStorage:
         lock = FileLock(str(db) + ".lock")
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
     with lock:
-        return optuna.storages.RDBStorage(
+        rdb = optuna.storages.RDBStorage(
             url,
             heartbeat_interval=30,
             grace_period=120,
             failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
             **kwargs,
         )
+        if url.startswith("sqlite"):  # readers (dashboard, other workers) never block a writer
+            with rdb.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+        return rdb
 
 
 def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
