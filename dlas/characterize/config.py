@@ -20,7 +20,7 @@ class CharacterizeConf:
     bits: int = 16  # fixed-point width that float operands are characterized in
     group_size: int = 16  # values per group for per-group (dynamic) precision
     booth: str = "radix4"  # signed-digit encoding of *_booth_terms: radix4 | csd
-    baseline_bits: int | None = None  # bit-parallel B x B baseline; null: the data width
+    baseline_bits: int | None = 16  # B x B bit-parallel baseline (paper: 16); null: data width
     out: str | None = None  # report folder; null: reports/characterize/<run name>
 
 
