@@ -174,9 +174,17 @@ def trial_budget(tuning: Tuning, n_tasks: int) -> int:
     return n_tasks * tuning.trials_per_task
 
 
-def tune(mod: tvm.IRModule, target: tvm.target.Target, tuning: Tuning) -> tuple[Path, float, int]:
+@dataclass
+class TuningDatabase:
+    work_dir: Path
+    tune_s: float  # spent by this call (0 when the database is reused)
+    trials: int  # in the database
+    cost_s: float  # what building the database cost, whenever that was
+
+
+def tune(mod: tvm.IRModule, target: tvm.target.Target, tuning: Tuning) -> TuningDatabase:
     """Tune with MetaSchedule unless the database of this workload and target already holds
-    at least the budget's trials; returns (work_dir, seconds spent, trials in the database)."""
+    at least the budget's trials."""
     from dlas.hardware.cores import exclusive
 
     key = config_hash(
@@ -184,11 +192,12 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, tuning: Tuning) -> tuple[
     )
     work_dir = tuning.root / key
     state_file = work_dir / "dlas_tuning.json"
-    done = json.loads(state_file.read_text())["trials"] if state_file.exists() else 0
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    done = state.get("trials", 0)
     tasks = tuning_tasks(mod, target, tuning.ops)
     trials = trial_budget(tuning, len(tasks))
     if done >= trials or not tasks:
-        return work_dir, 0.0, done
+        return TuningDatabase(work_dir, 0.0, done, state.get("tune_s", 0.0))
     install_fast_tvmscript()
     work_dir.mkdir(parents=True, exist_ok=True)
     log.info(
@@ -201,7 +210,7 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, tuning: Tuning) -> tuple[
     with exclusive():  # candidates are timed as they are found: nothing else may run
         tune_s = _tune_tasks(tasks, work_dir, trials, tuning.trials_per_task)
     state_file.write_text(json.dumps({"trials": trials, "tasks": len(tasks), "tune_s": tune_s}))
-    return work_dir, tune_s, trials
+    return TuningDatabase(work_dir, tune_s, trials, tune_s)
 
 
 def _tune_tasks(tasks: list, work_dir: Path, trials: int, per_task: int) -> float:
@@ -244,11 +253,11 @@ def build(
     info: dict[str, Any] = {"dtype": dtype}
     names = [name for name, _ in steps]
     if tuning is not None:
-        work_dir, tune_s, trials = tune(mod, device.target, tuning)
-        state = work_dir / "dlas_tuning.json"  # what building the database cost, once
-        info["tuning_cost_s"] = json.loads(state.read_text())["tune_s"] if state.exists() else 0.0
+        database = tune(mod, device.target, tuning)
+        tune_s, trials = database.tune_s, database.trials
+        info["tuning_cost_s"] = database.cost_s
         with target, tvm.transform.PassContext(opt_level=3):
-            mod = relax.transform.MetaScheduleApplyDatabase(str(work_dir))(mod)
+            mod = relax.transform.MetaScheduleApplyDatabase(str(database.work_dir))(mod)
         names += ["metaschedule_tune", "apply_tuning_database"]
     log.info("tvm: building the library for %s", target.kind.name)
     executable = tvm.compile(mod, target=target)

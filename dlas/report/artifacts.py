@@ -12,6 +12,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from dlas.tracking.store import setup_experiment
+
 
 def report_name(experiment: str, sweep: str | None) -> str:
     """``<experiment>[-<sweep>]``: names both the run and the default output folder."""
@@ -21,16 +23,7 @@ def report_name(experiment: str, sweep: str | None) -> str:
 def report_experiment(client: MlflowClient, experiment: str) -> str:
     """Id of ``<experiment>-reports``, created with its artifacts beside a sqlite store (the
     layout ``dlas.tracking`` gives the points), not in the current directory."""
-    name = f"{experiment}-reports"
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = None
-    uri = client.tracking_uri
-    if uri.startswith("sqlite:///"):
-        root = Path(uri[len("sqlite:///") :]).parent / "artifacts"
-        location = str((root / name).resolve())
-    return client.create_experiment(name, artifact_location=location)
+    return setup_experiment(client.tracking_uri, f"{experiment}-reports")
 
 
 def log_report(

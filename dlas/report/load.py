@@ -8,7 +8,6 @@ names and numbers, so this is the only module that knows the run schema of ``dla
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -22,6 +21,7 @@ from dlas.report.analysis import (
     sort_points,
     top1_as_percent,
 )
+from dlas.tracking.store import sqlite_path
 
 # plain column -> MLflow param / metric / tag name
 PARAMS = {
@@ -76,13 +76,12 @@ def open_store(uri: str) -> MlflowClient:
     """A client on ``uri``, refusing a sqlite file that does not exist: MLflow would silently
     create an empty store there (a typo, or the wrong working directory), and the report
     would then claim the experiment is missing instead of the store."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :])
-        if not db.exists():
-            raise ValueError(
-                f"no MLflow store at {db.resolve()} (from --uri {uri}); run from the project "
-                "root or pass --uri / MLFLOW_TRACKING_URI"
-            )
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise ValueError(
+            f"no MLflow store at {db.resolve()} (from --uri {uri}); run from the project "
+            "root or pass --uri / MLFLOW_TRACKING_URI"
+        )
     return MlflowClient(tracking_uri=uri)
 
 

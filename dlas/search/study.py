@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import warnings
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -27,6 +26,7 @@ from hydra import compose
 from omegaconf import DictConfig
 
 from dlas.search.space import check_space, suggest_point
+from dlas.tracking.store import sqlite_path
 
 log = logging.getLogger("dlas.search")
 
@@ -66,8 +66,8 @@ def storage(url: str) -> optuna.storages.RDBStorage:
     (two workers starting at once would both create its tables) and waited on when busy."""
     lock: Any = contextlib.nullcontext()
     kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        db = Path(url[len("sqlite:///") :])
+    db = sqlite_path(url)
+    if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(db) + ".lock")
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}

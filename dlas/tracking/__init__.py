@@ -1,5 +1,30 @@
-"""Experiment tracking (MLflow): one run per stack point, one schema for all."""
+"""Experiment tracking (MLflow): one run per stack point, one schema for all.
 
-from dlas.tracking.mlflow_run import RunLogger, flatten, setup_experiment, tracked_run
+Names resolve lazily: ``mlflow_run`` imports Lightning (seconds), which the store rules
+in ``store`` and the sweep tags in ``sweep`` do not need.
+"""
 
-__all__ = ["RunLogger", "flatten", "setup_experiment", "tracked_run"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dlas.tracking.mlflow_run import RunLogger, flatten, tracked_run
+    from dlas.tracking.store import setup_experiment, sqlite_path
+
+_WHERE = {
+    "RunLogger": "mlflow_run",
+    "flatten": "mlflow_run",
+    "tracked_run": "mlflow_run",
+    "setup_experiment": "store",
+    "sqlite_path": "store",
+}
+
+__all__ = ["RunLogger", "flatten", "setup_experiment", "sqlite_path", "tracked_run"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'dlas.tracking' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"dlas.tracking.{_WHERE[name]}"), name)
