@@ -30,7 +30,7 @@ from dlas.compiler.baselines import time_baseline
 from dlas.compiler.measure import measure_in_subprocess, time_tvm_module
 from dlas.hardware import get_device, host_cpu
 from dlas.hardware.cores import computing
-from dlas.models import get_model, list_models
+from dlas.models import ZOO, get_model
 
 HERE = Path(__file__).parent
 BEGIN, END = "<!-- compilers:begin -->", "<!-- compilers:end -->"
@@ -118,7 +118,7 @@ def table(rows: dict[str, dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", default=list_models())
+    parser.add_argument("--models", nargs="*", default=list(ZOO))
     parser.add_argument("--trials", type=int, default=0, help="0: tasks x per task")
     parser.add_argument("--trials-per-task", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0)

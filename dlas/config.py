@@ -75,6 +75,13 @@ class ModelConf:
     stem: str = "auto"  # auto | imagenet | cifar | compact, see dlas.models.zoo
 
 
+@dataclass
+class PatternConf(ModelConf):
+    depth: int = 2  # blocks per stage
+    width: int = 16  # channels of the first stage (doubling per stage)
+    stages: int = 3
+
+
 # ---------------------------------------------------------------- layer 3: compression
 
 
@@ -137,6 +144,9 @@ class MeasureConf:
     verify_samples: int = 256
     tolerance: float | None = None  # null: by compute dtype (see dlas.deployment.tolerance)
     timeout_s: float = 900
+    # More compilers verified and timed in the same run as compiler=, next to the same eager
+    # reference: logged as <compiler>/latency_ms_median, <compiler>/speedup_vs_torch, ...
+    compare: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -205,7 +215,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "imagenet": ImageNetConf,
         "synthetic": SyntheticConf,
     },
-    "model": {"zoo": ModelConf},
+    "model": {"zoo": ModelConf, "pattern": PatternConf},
     "compression": {
         "none": CompressionConf,
         "prune": PruneConf,

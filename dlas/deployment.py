@@ -11,6 +11,9 @@ onnxruntime) goes through the same protocol, so their numbers compare:
 * latency: batch ``batch_size``, ``warmup`` runs, then ``repeat`` x ``number`` timed
   runs (median, mean, std, p90 over repeats), PyTorch eager timed the same way in
   the same run for ``speedup_vs_torch``.
+* ``measure.compare``: more compilers through the same verification and timing in the same
+  run, against the same eager reference (the form-follows-function study compares
+  compiled paths point by point without pairing runs).
 
 Verification and timing run generated code in a child process each, so a crash in a
 kernel fails this point only, never the sweep.
@@ -18,6 +21,7 @@ kernel fails this point only, never the sweep.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +32,10 @@ from torch import nn
 
 from dlas.compiler import TVM_COMPILERS, check_compiler
 from dlas.compiler.baselines import time_baseline, verify_and_time_baseline
-from dlas.compiler.measure import measure_in_subprocess, verify_and_time_tvm
+from dlas.compiler.measure import Latency, measure_in_subprocess, verify_and_time_tvm
 from dlas.hardware import Device, get_device
+
+log = logging.getLogger("dlas.deployment")
 
 
 class VerificationError(RuntimeError):
@@ -37,18 +43,27 @@ class VerificationError(RuntimeError):
 
 
 def check_layers(cfg: Any) -> Device:
-    """Validate layers 4-6 before any work: algorithm/format pair, compiler, hardware."""
+    """Validate layers 4-6 before any work: algorithm/format pair, compilers, hardware."""
     from dlas.algorithms import check_combination
 
-    check_compiler(cfg.compiler.name)
+    main = cfg.compiler.name
+    check_compiler(main)
+    for other in cfg.measure.compare:
+        check_compiler(other)
+        if other == "tvm_autoschedule" and main != other:
+            raise ValueError(
+                "measure.compare=[tvm_autoschedule] needs its tuning budget: make it the main "
+                f"compiler (compiler=tvm_autoschedule measure.compare=[{main}])"
+            )
     a = cfg.algorithm
     check_combination(a.name, a.data_format, a.fallback)
     h = cfg.hardware
-    if cfg.compiler.name not in TVM_COMPILERS and h.name != "cpu":
-        raise ValueError(
-            f"compiler={cfg.compiler.name} runs on hardware=cpu only, not hardware={h.name}; "
-            f"compilers for any hardware: {', '.join(TVM_COMPILERS)}"
-        )
+    for name in (main, *cfg.measure.compare):
+        if name not in TVM_COMPILERS and h.name != "cpu":
+            raise ValueError(
+                f"compiler={name} runs on hardware=cpu only, not hardware={h.name}; "
+                f"compilers for any hardware: {', '.join(TVM_COMPILERS)}"
+            )
     return get_device(
         h.name,
         threads=h.threads,
@@ -77,6 +92,32 @@ class Deployment:
     artifact: Path
 
 
+@dataclass
+class Compiled:
+    """One compiler's result on the verification images and its latency."""
+
+    outputs: np.ndarray
+    latency: Latency
+    compile_s: float
+    tune_s: float
+    trials: int
+    layers: list[dict[str, Any]]
+    artifact: Path
+
+
+@dataclass
+class Inputs:
+    """What every compiler of a point is given: the same images, batch and protocol."""
+
+    program: torch.export.ExportedProgram
+    program_path: Path
+    static_path: Path  # the program re-exported at the measured batch size
+    x: np.ndarray  # verification images
+    example: np.ndarray  # one timed batch
+    protocol: dict[str, int]
+    timeout_s: float
+
+
 def _chunks(x: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Static-shape batches; the last one padded by repeating its first image."""
     out = []
@@ -86,6 +127,78 @@ def _chunks(x: np.ndarray, batch_size: int) -> list[np.ndarray]:
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - len(chunk), 0)])
         out.append(chunk)
     return out
+
+
+def compile_and_time(
+    name: str, cfg: Any, device: Device, inputs: Inputs, out_dir: Path, tuning_root: Path
+) -> Compiled:
+    """Compile with ``name``, then verify and time it in a child process."""
+    from dlas.compiler import tvm_relax
+
+    batch_size = cfg.measure.batch_size
+    if name not in TVM_COMPILERS:
+        outputs, latency = measure_in_subprocess(
+            verify_and_time_baseline,
+            name,
+            inputs.program_path,
+            inputs.static_path,
+            inputs.x,
+            inputs.example,
+            threads=device.threads,
+            **inputs.protocol,
+            timeout=inputs.timeout_s,
+            label=f"verify and time {name}",
+        )
+        layers = [{"layer": "all", "algorithm": f"{name} kernels", "format": "dense"}]
+        # torch.compile / ONNX export + session: their compile step
+        return Compiled(outputs, latency, latency.setup_s, 0.0, 0, layers, inputs.static_path)
+    tuning = None
+    if name == "tvm_autoschedule":
+        c = cfg.compiler
+        tuning = tvm_relax.Tuning(c.trials, c.trials_per_task, tuning_root, tuple(c.tune_ops))
+    example = torch.from_numpy(inputs.example)
+    built = tvm_relax.build(inputs.program, example, device, cfg.algorithm, out_dir, tuning)
+    # Relax modules take float32 whatever they compute in (fp16 and int8 cast inside).
+    outputs, latency = measure_in_subprocess(
+        verify_and_time_tvm,
+        str(built.library),
+        _chunks(inputs.x.astype(np.float32), batch_size),
+        inputs.example.astype(np.float32),
+        device,
+        **inputs.protocol,
+        timeout=inputs.timeout_s,
+        label=f"verify and time {name}",
+    )
+    outputs = np.concatenate(outputs)[: len(inputs.x)]
+    return Compiled(
+        outputs,
+        latency,
+        built.compile_s,
+        built.tune_s,
+        built.info["tuning_trials"],
+        built.layers,
+        built.library,
+    )
+
+
+def verify(
+    name: str, cfg: Any, compiled: Compiled, ref: np.ndarray, y: np.ndarray, dtype: str
+) -> dict[str, float]:
+    """Compare with PyTorch on the same images; a compiler over tolerance fails the point."""
+    err = float(np.abs(compiled.outputs.astype(np.float32) - ref).max())
+    tol = tolerance(dtype, float(np.abs(ref).max()), cfg.measure.tolerance)
+    if not np.isfinite(err) or err > tol:
+        raise VerificationError(
+            f"compiler={name} algorithm={cfg.algorithm.name} "
+            f"data_format={cfg.algorithm.data_format}: "
+            f"max |compiled - torch| = {err:.3g} > tolerance {tol:.3g} ({dtype}); "
+            "the point fails, its latency is not logged"
+        )
+    return {
+        "max_abs_err_vs_torch": err,
+        "verify_tolerance": tol,
+        "compiled_top1": float((compiled.outputs.argmax(1) == y).mean() * 100),
+    }
 
 
 def deploy(
@@ -100,8 +213,8 @@ def deploy(
     out_dir: Path,
     tuning_root: Path,
 ) -> Deployment:
-    from dlas.compiler import tvm_relax
-
+    """``compiler=`` and every ``measure.compare`` compiler, each verified and timed, and
+    PyTorch eager timed once as the reference of all their speedups."""
     m, name = cfg.measure, cfg.compiler.name
     out_dir.mkdir(parents=True, exist_ok=True)
     x, y = data.example_batch(m.verify_samples)
@@ -114,94 +227,67 @@ def deploy(
     static = torch.export.export(program.module(), (example,))
     static_path = out_dir / "static.pt2"
     torch.export.save(static, static_path)
-    protocol = {"warmup": m.warmup, "repeat": m.repeat, "number": m.number}
-    x_np, example_np = x.numpy(), example.numpy()
-
-    tune_s, trials = 0.0, 0
-    if name in TVM_COMPILERS:
-        tuning = None
-        if name == "tvm_autoschedule":
-            c = cfg.compiler
-            tuning = tvm_relax.Tuning(c.trials, c.trials_per_task, tuning_root, tuple(c.tune_ops))
-        built = tvm_relax.build(program, example, device, cfg.algorithm, out_dir, tuning)
-        compile_s, tune_s, layers, artifact = (
-            built.compile_s,
-            built.tune_s,
-            built.layers,
-            built.library,
-        )
-        trials = built.info["tuning_trials"]
-        # Relax modules take float32 whatever they compute in (fp16 and int8 cast inside).
-        outputs, latency = measure_in_subprocess(
-            verify_and_time_tvm,
-            str(artifact),
-            _chunks(x_np.astype(np.float32), m.batch_size),
-            example_np.astype(np.float32),
-            device,
-            **protocol,
-            timeout=m.timeout_s,
-            label=f"verify and time {name}",
-        )
-        outputs = np.concatenate(outputs)[: len(x_np)]
-    else:
-        artifact = static_path
-        outputs, latency = measure_in_subprocess(
-            verify_and_time_baseline,
-            name,
-            program_path,
-            static_path,
-            x_np,
-            example_np,
-            threads=device.threads,
-            **protocol,
-            timeout=m.timeout_s,
-            label=f"verify and time {name}",
-        )
-        compile_s = latency.setup_s  # torch.compile / ONNX export + session: their compile step
-        layers = [{"layer": "all", "algorithm": f"{name} kernels", "format": "dense"}]
-
+    inputs = Inputs(
+        program,
+        program_path,
+        static_path,
+        x.numpy(),
+        example.numpy(),
+        {"warmup": m.warmup, "repeat": m.repeat, "number": m.number},
+        m.timeout_s,
+    )
     with torch.no_grad():
         ref = reference(x).float().numpy()
-    err = float(np.abs(outputs.astype(np.float32) - ref).max())
-    tol = tolerance(dtype, float(np.abs(ref).max()), m.tolerance)
-    compiled_top1 = float((outputs.argmax(1) == y.numpy()).mean() * 100)
-    reference_top1 = float((ref.argmax(1) == y.numpy()).mean() * 100)  # same images
-    if not np.isfinite(err) or err > tol:
-        raise VerificationError(
-            f"compiler={name} algorithm={cfg.algorithm.name} "
-            f"data_format={cfg.algorithm.data_format}: "
-            f"max |compiled - torch| = {err:.3g} > tolerance {tol:.3g} ({dtype}); "
-            "the point fails, its latency is not logged"
+    labels = y.numpy()
+
+    names = [name, *(c for c in dict.fromkeys(m.compare) if c != name)]
+    results: dict[str, Compiled] = {}
+    checks: dict[str, dict[str, float]] = {}
+    for i, compiler in enumerate(names):
+        if len(names) > 1:
+            log.info("compiler %d/%d: %s", i + 1, len(names), compiler)
+        results[compiler] = compile_and_time(
+            compiler, cfg, device, inputs, out_dir / compiler, tuning_root
         )
-    if name == "pytorch":
-        torch_latency = latency
+        checks[compiler] = verify(compiler, cfg, results[compiler], ref, labels, dtype)
+
+    if "pytorch" in results:
+        torch_latency = results["pytorch"].latency
     else:
         torch_latency = measure_in_subprocess(
             time_baseline,
             "pytorch",
             static_path,
-            example_np,
+            inputs.example,
             threads=device.threads,
-            **protocol,
+            **inputs.protocol,
             timeout=m.timeout_s,
             label="time pytorch (reference)",
         )
+    main = results[name]
     metrics = {
-        **latency.metrics("latency_ms"),
+        **main.latency.metrics("latency_ms"),
         "torch_latency_ms": torch_latency.median_ms,
-        "speedup_vs_torch": torch_latency.median_ms / latency.median_ms,
-        "compile_s": compile_s,
-        "tune_s": tune_s,
-        "max_abs_err_vs_torch": err,
-        "verify_tolerance": tol,
-        "compiled_top1": compiled_top1,
-        "reference_top1": reference_top1,
-        "sparse_layers": float(sum(1 for r in layers if r.get("format") in ("csr", "bsr"))),
+        "speedup_vs_torch": torch_latency.median_ms / main.latency.median_ms,
+        "compile_s": main.compile_s,
+        "tune_s": main.tune_s,
+        **checks[name],
+        "reference_top1": float((ref.argmax(1) == labels).mean() * 100),  # same images
+        "sparse_layers": float(sum(1 for r in main.layers if r.get("format") in ("csr", "bsr"))),
     }
+    if len(names) > 1:  # every compiled path under its own name, the main one included
+        for compiler, result in results.items():
+            metrics |= {
+                f"{compiler}/latency_ms_median": result.latency.median_ms,
+                f"{compiler}/speedup_vs_torch": torch_latency.median_ms / result.latency.median_ms,
+                f"{compiler}/compile_s": result.compile_s,
+                f"{compiler}/tune_s": result.tune_s,
+                f"{compiler}/max_abs_err_vs_torch": checks[compiler]["max_abs_err_vs_torch"],
+            }
     params = {
         "batch_size": m.batch_size,
-        "tuning_trials": trials,
+        "tuning_trials": main.trials,
         "compute_dtype": dtype,
         "target": device.describe().get("target", ""),
     }
-    return Deployment(metrics, params, layers, artifact)
+    return Deployment(metrics, params, main.layers, main.artifact)

@@ -31,7 +31,7 @@ from dlas.cache import Entry, StageCache, config_hash
 from dlas.compression import Compression
 from dlas.data import ImageClassificationData
 from dlas.hardware.cores import computing
-from dlas.metrics import count_macs, structure
+from dlas.metrics import count_macs, memory_footprint, structure
 from dlas.models.export import export_model, load_program
 from dlas.tracking import RunLogger, flatten, setup_experiment, tracked_run
 from dlas.tracking.sweep import (
@@ -191,9 +191,12 @@ def deploy_and_log(
 ) -> dict[str, float]:
     """Layers 4-6 on a compressed model, logged into the active run."""
     from dlas.deployment import deploy
+    from dlas.hardware import last_level_cache_bytes
 
     program = load_program(program_path)
     input_dtype, dtype = program_dtype(program)
+    footprint = memory_footprint(program, point.data.example_batch(1)[0].to(input_dtype))
+    footprint["llc_bytes"] = last_level_cache_bytes()
     with tempfile.TemporaryDirectory(prefix="dlas-deploy-") as tmp:
         result = deploy(
             cfg,
@@ -208,10 +211,10 @@ def deploy_and_log(
             Path(cfg.compiler.work_dir),
         )
         mlflow.log_params(result.params)
-        mlflow.log_metrics(result.metrics)
+        mlflow.log_metrics(result.metrics | footprint)
         mlflow.log_dict({"layers": result.layers}, "layers.json")
         mlflow.log_artifact(str(result.artifact), "compiled")
-    return result.metrics
+    return result.metrics | footprint
 
 
 def point_hash(cfg: DictConfig, entry: str) -> str:

@@ -25,6 +25,18 @@ FAST = [
     "trainer.progress_bar=false",
 ]
 
+# Layers 4-6 on top of FAST: 16x16 synthetic images (compact stem: 8x8 inside the network),
+# a few verification images and timed runs.
+TINY_DEPLOY = [
+    "deploy=true",
+    "dataset=synthetic",
+    "dataset.num_samples=48",
+    "dataset.image_size=16",
+    "measure.verify_samples=8",
+    "measure.repeat=3",
+    "measure.number=1",
+]
+
 torch.set_num_threads(2)
 
 

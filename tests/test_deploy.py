@@ -8,21 +8,12 @@ import json
 import mlflow
 import pytest
 import torch
-from conftest import compose, overrides, run_entry, runs
+from conftest import TINY_DEPLOY, compose, overrides, run_entry, runs
 
 from dlas.models.export import export_model
 from dlas.stack import run_point
 
-# A tiny point: 16x16 synthetic images, compact stem (8x8 inside the network).
-TINY = [
-    "deploy=true",
-    "dataset=synthetic",
-    "dataset.num_samples=48",
-    "dataset.image_size=16",
-    "measure.verify_samples=8",
-    "measure.repeat=3",
-    "measure.number=1",
-]
+TINY = TINY_DEPLOY
 LATENCY = {
     "latency_ms_median",
     "latency_ms_mean",

@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from dlas.hardware.caches import cpu_caches, last_level_cache_bytes
     from dlas.hardware.device import DEVICES, Device, get_device
     from dlas.hardware.rpc import (
         HardwareUnavailableError,
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from dlas.hardware.threads import available_cores, set_threads
 
 _WHERE = {
+    "cpu_caches": "caches",
+    "last_level_cache_bytes": "caches",
     "DEVICES": "device",
     "Device": "device",
     "get_device": "device",
@@ -50,10 +53,12 @@ __all__ = [
     "available_cores",
     "check_tracker",
     "configure_remote_threads",
+    "cpu_caches",
     "free_port",
     "get_device",
     "host_cpu",
     "host_target",
+    "last_level_cache_bytes",
     "parse_target",
     "set_threads",
 ]

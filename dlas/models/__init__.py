@@ -6,12 +6,15 @@ from functools import partial
 
 from torch import nn
 
+from dlas.models.patterns import PATTERNS, build_pattern_model
 from dlas.models.zoo import ZOO, build_zoo_model
 from dlas.registry import Registry
 
 MODELS: Registry[nn.Module] = Registry("model")
 for _name in ZOO:
     MODELS.register(_name)(partial(build_zoo_model, _name))
+for _name in PATTERNS:  # one pattern, sized by depth and width (dlas.models.patterns)
+    MODELS.register(_name)(partial(build_pattern_model, _name))
 
 
 def get_model(
@@ -23,7 +26,8 @@ def get_model(
     **kwargs,
 ) -> nn.Module:
     """Build model ``name`` for ``num_classes`` classes on ``in_channels`` x ``input_size``²
-    images. Extra keyword arguments go to the family's builder (``pretrained``, ``stem``)."""
+        images. Extra keyword arguments go to the family's builder (``pretrained``, ``stem``;
+    ``depth``, ``width``, ``stages`` for the pattern families)."""
     return MODELS.build(
         name, num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs
     )
@@ -33,4 +37,4 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
-__all__ = ["MODELS", "get_model", "list_models"]
+__all__ = ["MODELS", "PATTERNS", "ZOO", "get_model", "list_models"]

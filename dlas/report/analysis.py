@@ -149,15 +149,20 @@ def correlation_rows(df: pd.DataFrame, x: str, y: str, per_model: bool) -> pd.Da
     return rows
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Spearman's rho and its p-value; NaN (not an error) when undefined, e.g. fewer than two
-    points or a constant column, as happens in a sweep of one model."""
+def correlation(test: Any, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """``test`` (a scipy.stats correlation) as (statistic, p-value); NaN (not an error) when
+    undefined, e.g. fewer than two points or a constant column, as in a sweep of one model."""
     if len(x) < 2:
         return math.nan, math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        result = stats.spearmanr(x, y)
+        result = test(x, y)
     return float(result.statistic), float(result.pvalue)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Spearman's rho and its p-value (NaN when undefined)."""
+    return correlation(stats.spearmanr, x, y)
 
 
 def rank_correlations(df: pd.DataFrame) -> dict[str, dict[str, Any]]:

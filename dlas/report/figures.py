@@ -40,11 +40,18 @@ def save(fig: Figure, path: Path) -> Path:
     return path
 
 
+class PlainLogFormatter(LogFormatter):
+    """LogFormatter's choice of which ticks to label, written ``0.6`` rather than ``6e-01``."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
 def plain_log_ticks(axis: Any) -> None:
     """``2``, ``5``, ``10`` on a log axis rather than ``2×10^0``: latencies are read, not
     compared in orders of magnitude."""
-    axis.set_major_formatter(LogFormatter())
-    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+    axis.set_major_formatter(PlainLogFormatter())
+    axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
 
 
 def model_colors(models: pd.Series) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from dlas.report.analysis import (
     sort_points,
     top1_as_percent,
 )
+from dlas.report.form_function import path_metric_columns
 from dlas.tracking.store import sqlite_path
 
 # plain column -> MLflow param / metric / tag name
@@ -34,13 +35,18 @@ PARAMS = {
     "compiler": "compiler",
     "hardware": "hardware",
     "threads": "threads",
+    "depth": "model.depth",  # form-function patterns only: blocks per stage
+    "width": "model.width",  # form-function patterns only: channels of the first stage
 }
-NUMERIC_PARAMS = ("amount", "threads")
+NUMERIC_PARAMS = ("amount", "threads", "depth", "width")
 METRICS = {
     "top1": "top1",
     "size_bytes": "size_bytes",
     "params": "params",
     "macs": "macs",
+    "param_bytes": "param_bytes",
+    "working_set_bytes": "working_set_bytes",
+    "llc_bytes": "llc_bytes",
     "sparsity": "sparsity",
     "latency_ms": "latency_ms_median",
     "latency_ms_mean": "latency_ms_mean",
@@ -95,7 +101,9 @@ def load_points(uri: str, experiment: str, sweep: str | None = None) -> pd.DataF
     Only FINISHED runs count, and of runs sharing a ``dlas.config_hash`` (the same point run
     again) only the newest. Columns: the keys of :data:`PARAMS`, :data:`METRICS` and
     :data:`TAGS`, plus ``label`` (algorithm, ``+csr``/``+bsr`` when sparse; ``n/a`` for
-    non-TVM compilers), ``run_id`` and ``start_time``. ``top1`` is in percent.
+    non-TVM compilers), ``run_id`` and ``start_time``. ``top1`` is in percent. A run that
+    timed several compiled paths adds ``<compiler>/latency_ms`` and ``<compiler>/speedup``
+    for each (:func:`dlas.report.form_function.compiled_paths` unfolds them).
 
     Raises ValueError, naming the experiment (and sweep) and listing the experiments that
     do exist, when there is nothing to report on.
@@ -171,7 +179,9 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
     points.loc[~tvm, ["algorithm", "data_format"]] = NOT_APPLICABLE
     points["run_id"] = runs["run_id"]
     points["start_time"] = runs["start_time"]
-    return points
+    paths = path_metric_columns(runs.columns)
+    numbers = runs[list(paths)].apply(pd.to_numeric, errors="coerce").rename(columns=paths)
+    return pd.concat([points, numbers], axis=1)
 
 
 def newest_per_config(points: pd.DataFrame) -> pd.DataFrame:

@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from dlas.report import figures
+from dlas.report import figures, form_figures
 from dlas.report.analysis import best_algorithms, pareto_front_per_dataset, rank_correlations
+from dlas.report.form_function import (
+    compiled_paths,
+    form_function_points,
+    is_form_function,
+    macs_latency_correlations,
+    speedup_by_pattern,
+)
 from dlas.report.tables import points_table, write_correlations, write_table
 
 # Every file a report can write: cleared first, so that a re-run into the same folder never
@@ -30,17 +37,36 @@ OUTPUTS = (
     "size_vs_accuracy.png",
     "speedup_heatmap.png",
 )
+# What a form-function sweep (points with a depth and a width) writes besides: kept apart
+# from OUTPUTS, which every report writes in full, but cleared the same way.
+FORM_FUNCTION_OUTPUTS = (
+    "compiled_paths.csv",
+    "compiled_paths.md",
+    "speedup_by_pattern.csv",
+    "speedup_by_pattern.md",
+    "macs_vs_latency.csv",
+    "macs_vs_latency.md",
+    "speedup_by_pattern.png",
+    "latency_vs_depth.png",
+    "speedup_vs_depth.png",
+    "latency_vs_width.png",
+    "speedup_vs_width.png",
+    "macs_vs_latency.png",
+    "working_set_vs_speedup.png",
+)
 
 
 def write_report(points: pd.DataFrame, out_dir: Path | str) -> list[Path]:
     """Write the report of ``points`` (as returned by ``load_points``) into ``out_dir``.
 
     Figures that need latencies are skipped when no point was deployed; the tables are
-    always written (best_algorithm and pareto then have no rows). Returns the files written.
+    always written (best_algorithm and pareto then have no rows). A form-function sweep
+    (some point has a ``depth`` and a ``width``) adds :data:`FORM_FUNCTION_OUTPUTS` on its
+    points with both. Returns the files written.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUTS:
+    for name in OUTPUTS + FORM_FUNCTION_OUTPUTS:
         (out_dir / name).unlink(missing_ok=True)
 
     written = write_table(points_table(points), out_dir, "points")
@@ -69,4 +95,34 @@ def write_report(points: pd.DataFrame, out_dir: Path | str) -> list[Path]:
         heatmap = figures.speedup_heatmap(points, out_dir / "speedup_heatmap.png")
         if heatmap is not None:
             written.append(heatmap)
+    if is_form_function(points):
+        written += write_form_function(compiled_paths(form_function_points(points)), out_dir)
+    return written
+
+
+def write_form_function(long: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """The form-function study from the long frame of its points: the tables always (with
+    no rows when nothing was timed), each figure when it has something to draw."""
+    by_pattern = speedup_by_pattern(long)
+    correlations = macs_latency_correlations(long)
+    written = write_table(long, out_dir, "compiled_paths")
+    written += write_table(by_pattern, out_dir, "speedup_by_pattern")
+    written += write_table(correlations, out_dir, "macs_vs_latency")
+    if long["latency_ms"].notna().any():
+        written.append(form_figures.latency_vs_depth(long, out_dir / "latency_vs_depth.png"))
+        written.append(form_figures.latency_vs_width(long, out_dir / "latency_vs_width.png"))
+    if not correlations.empty:
+        written.append(
+            form_figures.macs_vs_latency(long, correlations, out_dir / "macs_vs_latency.png")
+        )
+    if not by_pattern.empty:
+        written.append(
+            form_figures.speedup_by_pattern(by_pattern, out_dir / "speedup_by_pattern.png")
+        )
+        written.append(form_figures.speedup_vs_depth(long, out_dir / "speedup_vs_depth.png"))
+        written.append(form_figures.speedup_vs_width(long, out_dir / "speedup_vs_width.png"))
+        if (long["working_set_bytes"] > 0).any():
+            written.append(
+                form_figures.working_set_vs_speedup(long, out_dir / "working_set_vs_speedup.png")
+            )
     return written

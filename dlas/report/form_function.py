@@ -1,0 +1,265 @@
+"""The "Does Form Follow Function?" study (Abbasi et al. 2021), as pure functions.
+
+Networks are built from one macro-architecture *pattern* (plain, residual, bottleneck...)
+at several ``depth`` (blocks per stage) and ``width`` (channels of the first stage)
+values; each run is one (pattern, depth, width) point that timed PyTorch eager and several
+compiled paths side by side. The question is whether a compiler's gain depends on the
+pattern (form) rather than on the amount of work (MACs), so everything here is per
+(point, compiler): :func:`compiled_paths` unfolds the points frame into that long form and
+the other functions summarise it. No MLflow, no files, no plotting, as in
+:mod:`dlas.report.analysis`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from dlas.models.patterns import PATTERNS
+from dlas.report.analysis import COMPILER_ORDER, correlation, order_key, spearman
+
+EAGER = "pytorch"
+PATTERN_ORDER = PATTERNS  # display order: from the plainest stack to the most connected
+# per-path quantity of the points frame -> suffix of its MLflow metric ``<compiler>/<suffix>``
+PATH_METRICS = {"latency_ms": "latency_ms_median", "speedup": "speedup_vs_torch"}
+PATH_METRIC = re.compile(
+    r"^metrics\.(?P<compiler>[^/]+)/(?P<metric>" + "|".join(PATH_METRICS.values()) + r")$"
+)
+# per-point columns carried over to every path of the point
+POINT_COLUMNS = (
+    "run_id",
+    "hardware",
+    "pattern",
+    "depth",
+    "width",
+    "macs",
+    "params",
+    "param_bytes",
+    "working_set_bytes",
+    "llc_bytes",
+)
+LONG_COLUMNS = (*POINT_COLUMNS, "compiler", "latency_ms", "speedup", "exceeds_llc")
+SPEEDUP_COLUMNS = ("pattern", "compiler", "geomean_speedup", "min_speedup", "max_speedup", "n")
+CORRELATION_COLUMNS = (
+    "compiler",
+    "n",
+    "pearson_r_log",
+    "pearson_p_log",
+    "spearman_rho",
+    "spearman_p",
+    "slope_log",
+    "intercept_log",
+)
+
+
+def path_column(compiler: str, quantity: str) -> str:
+    """Points-frame column of one compiled path's ``latency_ms`` or ``speedup``."""
+    return f"{compiler}/{quantity}"
+
+
+def path_metric_columns(columns: pd.Index) -> dict[str, str]:
+    """``mlflow.search_runs`` column -> points-frame column for every per-path metric found.
+
+    Discovered rather than listed: which compilers a sweep compared is its configuration,
+    and a report must not silently drop one it was not told about.
+    """
+    quantity_of = {suffix: quantity for quantity, suffix in PATH_METRICS.items()}
+    found = {}
+    for column in columns:
+        match = PATH_METRIC.match(str(column))
+        if match:
+            found[column] = path_column(match["compiler"], quantity_of[match["metric"]])
+    return found
+
+
+def path_compilers(points: pd.DataFrame) -> list[str]:
+    """Compilers that have a per-path column in ``points``, in display order."""
+    suffixes = tuple(f"/{q}" for q in PATH_METRICS)
+    names = {str(c).rsplit("/", 1)[0] for c in points.columns if str(c).endswith(suffixes)}
+    return sorted(names, key=lambda c: order_key(c, COMPILER_ORDER))
+
+
+def is_form_function(points: pd.DataFrame) -> bool:
+    """Whether ``points`` hold a form-function sweep: some point has both a depth and a width
+    (no other model of the stack logs them)."""
+    if "depth" not in points.columns or "width" not in points.columns:
+        return False
+    return bool((points["depth"].notna() & points["width"].notna()).any())
+
+
+def form_function_points(points: pd.DataFrame) -> pd.DataFrame:
+    """The points of the study: those with a depth and a width. A zoo model measured in the
+    same sweep has neither and would otherwise show up as a pattern of its own."""
+    if not is_form_function(points):
+        return points.iloc[0:0]
+    return points[points["depth"].notna() & points["width"].notna()]
+
+
+def _column(points: pd.DataFrame, name: str) -> pd.Series:
+    """``points[name]`` as numbers, NaN when the column is absent (a path timed but whose
+    speedup was not logged, a run from before a metric existed)."""
+    if name not in points.columns:
+        return pd.Series(math.nan, index=points.index)
+    return pd.to_numeric(points[name], errors="coerce")
+
+
+def _path_rows(
+    points: pd.DataFrame, compiler: pd.Series | str, latency: pd.Series, speedup: pd.Series
+) -> pd.DataFrame:
+    """One path per point, tagged with the point's position so that duplicates of a
+    (point, compiler) can be found whatever the index of ``points``."""
+    rows = points.reindex(columns=list(POINT_COLUMNS))
+    return rows.assign(
+        compiler=compiler, latency_ms=latency, speedup=speedup, _point=np.arange(len(points))
+    )
+
+
+def compiled_paths(points: pd.DataFrame) -> pd.DataFrame:
+    """The long form of ``points``: one row per (point, compiled path) that was timed.
+
+    Columns :data:`LONG_COLUMNS`: the point (``pattern`` is its ``model``), the ``compiler``,
+    its ``latency_ms`` (median) and ``speedup`` over eager, and ``exceeds_llc`` (working set
+    larger than the last-level cache; False when either is unknown). A path's own
+    ``<compiler>/...`` metrics come first; a run without them (logged before they existed)
+    still gives its main compiler from the unprefixed ``latency_ms``/``speedup``. Eager is
+    the path ``pytorch`` from ``torch_latency_ms``, speedup 1 by definition, so latency
+    plots show the baseline next to the compilers.
+    """
+    points = points.rename(columns={"model": "pattern"})
+    parts = [
+        _path_rows(
+            points,
+            compiler,
+            _column(points, path_column(compiler, "latency_ms")),
+            _column(points, path_column(compiler, "speedup")),
+        )
+        for compiler in path_compilers(points)
+    ]
+    if "compiler" in points.columns:
+        main = _column(points, "latency_ms"), _column(points, "speedup")
+        parts.append(_path_rows(points, points["compiler"], *main))
+    if "torch_latency_ms" in points.columns:
+        eager = _column(points, "torch_latency_ms")
+        one = pd.Series(1.0, index=points.index).where(eager.notna())  # only where timed
+        parts.append(_path_rows(points, EAGER, eager, one))
+    if not parts:
+        return pd.DataFrame(columns=list(LONG_COLUMNS))
+    long = pd.concat(parts, ignore_index=True)
+    long = long[long["compiler"].notna() & (long["compiler"] != "")]
+    long = long.dropna(subset=["latency_ms", "speedup"], how="all")
+    long = long.drop_duplicates(subset=["_point", "compiler"], keep="first")
+    exceeds = long["working_set_bytes"] > long["llc_bytes"]  # NaN on either side: False
+    long = long.assign(exceeds_llc=exceeds.astype(bool))
+    return sort_paths(long)[list(LONG_COLUMNS)].reset_index(drop=True)
+
+
+def sort_paths(long: pd.DataFrame) -> pd.DataFrame:
+    """Pattern (simplest first), depth, width, then compiler (eager first)."""
+
+    def key(column: pd.Series) -> pd.Series:
+        if column.name == "pattern":
+            return column.map(lambda v: order_key(v, PATTERN_ORDER))
+        if column.name == "compiler":
+            return column.map(lambda v: order_key(v, COMPILER_ORDER))
+        return column
+
+    keys = [c for c in ("pattern", "depth", "width", "compiler") if c in long.columns]
+    return long.sort_values(keys, key=key, kind="stable", na_position="last")
+
+
+def compiled_only(long: pd.DataFrame) -> pd.DataFrame:
+    """The compiled paths with a speedup: eager's is 1 by definition and says nothing."""
+    return long[(long["compiler"] != EAGER) & (long["speedup"] > 0)]
+
+
+def geometric_mean(values: pd.Series) -> float:
+    """The mean of ratios: 2x faster and 2x slower average to 1x, as they should."""
+    return float(np.exp(np.mean(np.log(values.to_numpy(float)))))
+
+
+def speedup_by_pattern(long: pd.DataFrame) -> pd.DataFrame:
+    """The main finding: per pattern and compiler, the speedup over eager across the depths
+    and widths measured (geometric mean, min, max, number of points).
+
+    If form followed function, a compiler's geometric mean would be about the same for
+    every pattern; the spread between patterns is how much the form matters.
+    Columns :data:`SPEEDUP_COLUMNS`, rows in pattern then compiler order.
+    """
+    timed = compiled_only(long)
+    rows = [
+        {
+            "pattern": pattern,
+            "compiler": compiler,
+            "geomean_speedup": geometric_mean(group["speedup"]),
+            "min_speedup": float(group["speedup"].min()),
+            "max_speedup": float(group["speedup"].max()),
+            "n": len(group),
+        }
+        for (pattern, compiler), group in timed.groupby(["pattern", "compiler"], sort=False)
+    ]
+    table = pd.DataFrame(rows, columns=list(SPEEDUP_COLUMNS))
+    return sort_paths(table).reset_index(drop=True)
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Pearson's r and its p-value (NaN when undefined)."""
+    return correlation(stats.pearsonr, x, y)
+
+
+def power_law(log_x: np.ndarray, log_y: np.ndarray) -> tuple[float, float]:
+    """Least-squares ``log_y = slope * log_x + intercept``; NaN when ``log_x`` does not vary
+    (one point, one size): no exponent can be read off then."""
+    if len(log_x) < 2 or np.ptp(log_x) == 0:
+        return math.nan, math.nan
+    slope, intercept = np.polyfit(log_x, log_y, 1)
+    return float(slope), float(intercept)
+
+
+def macs_latency_correlations(long: pd.DataFrame) -> pd.DataFrame:
+    """Per compiler (eager included), how well MACs predict latency across all patterns.
+
+    Pearson on log10 MACs vs log10 latency tests a power law (latency ∝ MACs^k), the usual
+    "latency follows FLOPs" assumption; Spearman only asks for a monotone relation. A high
+    value for eager but a low one for a compiler means the compiler's gain depends on
+    something other than the amount of work, i.e. on the form. ``slope_log`` and
+    ``intercept_log`` are the fitted power law in log10 units (latency ms = 10^intercept *
+    MACs^slope); a slope below 1 means bigger networks use the machine better.
+    Columns :data:`CORRELATION_COLUMNS`, one row per compiler in display order.
+    """
+    usable = long[(long["macs"] > 0) & (long["latency_ms"] > 0)]
+    rows = []
+    for compiler, group in usable.groupby("compiler", sort=False):
+        x, y = group["macs"].to_numpy(float), group["latency_ms"].to_numpy(float)
+        r, p = pearson(np.log10(x), np.log10(y))
+        rho, rho_p = spearman(x, y)
+        slope, intercept = power_law(np.log10(x), np.log10(y))
+        rows.append(
+            {
+                "compiler": compiler,
+                "n": len(group),
+                "pearson_r_log": r,
+                "pearson_p_log": p,
+                "spearman_rho": rho,
+                "spearman_p": rho_p,
+                "slope_log": slope,
+                "intercept_log": intercept,
+            }
+        )
+    table = pd.DataFrame(rows, columns=list(CORRELATION_COLUMNS))
+    return sort_paths(table).reset_index(drop=True)
+
+
+def knob_lines(long: pd.DataFrame, x: str, y: str, style: str) -> pd.DataFrame:
+    """What one depth or width plot draws: per pattern, compiler and ``style`` value (the
+    other knob), the median ``y`` at each ``x``, sorted along ``x``. Median because a point
+    measured twice (another thread count, another sweep) must still draw one line."""
+    keys = ["pattern", "compiler", style, x]
+    rows = long.dropna(subset=[x, y, style])
+    if rows.empty:
+        return pd.DataFrame(columns=keys + [y])
+    lines = rows.groupby(keys, sort=False)[y].median().reset_index()
+    return sort_paths(lines).reset_index(drop=True)

@@ -1,0 +1,152 @@
+"""Layer 2 pattern families: each builds at any depth and width with the parameter count its
+closed form predicts, trains, compresses, and compiles through TVM to PyTorch's numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dlas.compression import get_compression
+from dlas.data import get_datamodule
+from dlas.metrics import memory_footprint, structure
+from dlas.models import PATTERNS, get_model
+from dlas.models.export import export_model
+from dlas.models.patterns import param_count
+
+SIZES = [(1, 4), (2, 8), (3, 12)]  # (depth, width): one block per stage up to repeated blocks
+
+
+def build(pattern: str, depth: int, width: int, classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)
+    return get_model(
+        pattern, num_classes=classes, in_channels=3, input_size=32, depth=depth, width=width
+    )
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize(("depth", "width"), SIZES)
+def test_parameter_count_follows_the_formula(pattern: str, depth: int, width: int) -> None:
+    model = build(pattern, depth, width, classes=7)
+    counted = sum(p.numel() for p in model.parameters())
+    assert counted == param_count(pattern, depth, width, num_classes=7)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_formula_by_hand() -> None:
+    """plain, depth 1, width 4, 3 -> 10 classes, worked out on paper: stem 3x3x3x4 + BN 8
+    = 116; blocks 4->4 (144+8), 4->8 (288+16), 8->16 (1152+32); head 16x10+10 = 170."""
+    assert param_count("plain", 1, 4, num_classes=10) == 116 + 152 + 304 + 1184 + 170 == 1926
+    assert sum(p.numel() for p in build("plain", 1, 4).parameters()) == 1926
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_depth_and_width_grow_the_network(pattern: str) -> None:
+    def n(d: int, w: int) -> int:
+        return param_count(pattern, d, w, num_classes=10)
+
+    assert n(1, 8) < n(2, 8) < n(4, 8)
+    assert n(2, 8) < n(2, 16) < n(2, 32)
+    convs = [m for m in build(pattern, 3, 8).modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) > len([m for m in build(pattern, 1, 8).modules() if isinstance(m, nn.Conv2d)])
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_trains_one_step(pattern: str) -> None:
+    model = build(pattern, 2, 8).train()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = []
+    for _ in range(3):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters())  # every weight is used
+        opt.step()
+        losses.append(float(loss))
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert losses[-1] < losses[0]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return get_datamodule("synthetic", num_samples=32, image_size=32, in_channels=3, batch_size=8)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_compressible(data, pattern: str) -> None:
+    """Weight pruning and channel pruning go through every pattern's graph (shortcuts,
+    depthwise groups, concatenations)."""
+    pruned = get_compression("prune", amount=0.5).apply(build(pattern, 2, 8), data, None)
+    assert structure(pruned)["sparsity"] == pytest.approx(0.5, abs=0.02)
+    slim = get_compression("channel_prune", amount=0.5).apply(build(pattern, 2, 8), data, None)
+    assert structure(slim)["params"] < 0.6 * param_count(pattern, 2, 8, num_classes=10)
+    assert slim(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_compiles_through_tvm_to_pytorch_numbers(pattern: str, tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    from dlas.compiler import tvm_relax
+    from dlas.compiler.measure import verify_and_time_tvm
+    from dlas.hardware import get_device
+
+    model = build(pattern, 2, 4).eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics, as after training
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(1, 3, 16, 16)
+    algorithm = OmegaConf.create(
+        {"name": "gemm", "data_format": "dense", "sparsity_threshold": 0.0, "block_size": 4}
+        | {"fallback": "direct"}
+    )
+    device = get_device("cpu", threads=1)
+    built = tvm_relax.build(torch.export.export(model, (x,)), x, device, algorithm, tmp_path)
+    outputs, _ = verify_and_time_tvm(
+        str(built.library), [x.numpy()], x.numpy(), device, warmup=0, repeat=1, number=1
+    )
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.abs(outputs[0] - expected).max() < 1e-4
+
+
+def test_footprint_counts_what_inference_touches() -> None:
+    model = build("residual", 1, 8).eval()
+    x = torch.randn(1, 3, 32, 32)
+    footprint = memory_footprint(export_model(model, x), x)
+    stored = sum(
+        t.numel() * t.element_size()
+        for name, t in model.state_dict().items()
+        if not name.endswith("num_batches_tracked")
+    )
+    assert footprint["param_bytes"] == stored
+    # widest operator: the first block's shortcut add at full resolution, two 8x32x32
+    # inputs and one 8x32x32 output in fp32 (wider than any conv: 3 or 8 in, 8 out)
+    assert footprint["activation_bytes"] == 3 * 8 * 32 * 32 * 4
+    assert footprint["working_set_bytes"] == stored + 3 * 8 * 32 * 32 * 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "bad"),
+    [
+        ({"depth": 0}, "model.depth=0"),
+        ({"width": -4}, "model.width=-4"),
+        ({"pattern": "bottleneck", "width": 6}, "multiple of 4"),
+        ({"pattern": "dense", "width": 5}, "must be even"),
+        ({"stem": "tiny"}, "model.stem='tiny'"),
+        ({"pretrained": True}, "no pretrained weights"),
+    ],
+)
+def test_bad_sizes_are_named(kwargs: dict, bad: str) -> None:
+    pattern = kwargs.pop("pattern", "residual")
+    with pytest.raises(ValueError, match=bad):
+        get_model(pattern, num_classes=10, **kwargs)
+
+
+def test_unknown_pattern_lists_the_families() -> None:
+    with pytest.raises(ValueError, match="unknown model 'resnext'.*inverted_residual"):
+        get_model("resnext", num_classes=10)
