@@ -118,7 +118,10 @@ def test_bad_input_fails_early_and_clearly(workdir, bad, message):
         ("compression=int4", "Could not find 'compression/int4'"),
         ("dataset=imagenet", "dataset=imagenet needs dataset.root"),
         ("trainer.max_epoch=3", "max_epoch"),
-        ("model.name=resnet19", "valid choices: densenet121"),
+        (
+            "model.name=resnet19",
+            "unknown model 'resnet19'; valid choices: bottleneck, dense, densenet121",
+        ),
         ("trainer.lr=fast", "trainer.lr"),
     ],
 )
