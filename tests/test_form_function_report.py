@@ -361,3 +361,10 @@ def test_other_sweeps_get_no_form_function_files(store: dict, tmp_path: Path) ->
     names = {p.name for p in write_report(zoo, tmp_path)}
     assert "points.csv" in names and not names & set(FORM_FUNCTION_OUTPUTS)
     assert not any((tmp_path / name).exists() for name in FORM_FUNCTION_OUTPUTS)
+
+
+def test_display_order_names_every_pattern_family():
+    from dlas.models import PATTERNS
+    from dlas.report.form_function import PATTERN_ORDER
+
+    assert PATTERN_ORDER == PATTERNS

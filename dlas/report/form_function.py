@@ -19,11 +19,20 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from dlas.models.patterns import PATTERNS
 from dlas.report.analysis import COMPILER_ORDER, correlation, order_key, spearman
 
 EAGER = "pytorch"
-PATTERN_ORDER = PATTERNS  # display order: from the plainest stack to the most connected
+# Display order: from the plainest stack to the most connected. The names of
+# dlas.models.patterns.PATTERNS, spelt out so that a report never imports torch (7 s);
+# tests/test_form_function_report.py holds the two to the same names and order.
+PATTERN_ORDER = (
+    "plain",
+    "residual",
+    "bottleneck",
+    "depthwise_separable",
+    "inverted_residual",
+    "dense",
+)
 # per-path quantity of the points frame -> suffix of its MLflow metric ``<compiler>/<suffix>``
 PATH_METRICS = {"latency_ms": "latency_ms_median", "speedup": "speedup_vs_torch"}
 PATH_METRIC = re.compile(
