@@ -28,9 +28,12 @@ point against the cache size before building it, and the tests hold the modules 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from dlas.models.zoo import resolve_stem
 
 PATTERNS = (
     "plain",
@@ -40,7 +43,6 @@ PATTERNS = (
     "inverted_residual",
     "dense",
 )
-STEMS = ("auto", "imagenet", "cifar", "compact")
 BOTTLENECK_REDUCTION = 4  # bottleneck: inner channels = out / 4 (ResNet-50)
 INVERTED_EXPANSION = 6  # inverted residual: inner channels = in x 6 (MobileNetV2)
 
@@ -156,26 +158,44 @@ def _stem(in_channels: int, width: int, stem: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _body(pattern: str, depth: int, widths: list[int]) -> tuple[nn.Sequential, int]:
-    layers: list[nn.Module] = []
+@dataclass(frozen=True)
+class Step:
+    """One layer of a family's body: where channels and resolution change."""
+
+    kind: str  # "block" | "dense_layer" | "transition"
+    c_in: int
+    c_out: int
+    stride: int = 1
+
+
+def body_plan(pattern: str, depth: int, width: int, stages: int) -> list[Step]:
+    """The body of a family as steps, walked both to build it and to count its parameters,
+    so the two cannot disagree on how channels thread from block to block."""
+    steps: list[Step] = []
     if pattern == "dense":
-        growth, channels = widths[0] // 2, widths[0]
-        for s, c in enumerate(widths):
+        growth, channels = width // 2, width
+        for s, c in enumerate(stage_widths(width, stages)):
             if s:
-                layers.append(_transition(channels, c))
-            channels = c
+                steps.append(Step("transition", channels, c, 2))
+                channels = c
             for _ in range(depth):
-                layers.append(DenseLayer(channels, growth))
+                steps.append(Step("dense_layer", channels, channels + growth))
                 channels += growth
-        layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
-        return nn.Sequential(*layers), channels
-    block = BLOCKS[pattern]
-    c_in = widths[0]
-    for s, c in enumerate(widths):
+        return steps
+    c_in = width
+    for s, c in enumerate(stage_widths(width, stages)):
         for d in range(depth):
-            layers.append(block(c_in, c, 2 if s and not d else 1))
+            steps.append(Step("block", c_in, c, 2 if s and not d else 1))  # stage entry
             c_in = c
-    return nn.Sequential(*layers), c_in
+    return steps
+
+
+def _layer(pattern: str, step: Step) -> nn.Module:
+    if step.kind == "transition":
+        return _transition(step.c_in, step.c_out)
+    if step.kind == "dense_layer":
+        return DenseLayer(step.c_in, step.c_out - step.c_in)
+    return BLOCKS[pattern](step.c_in, step.c_out, step.stride)
 
 
 class PatternNet(nn.Module):
@@ -193,9 +213,13 @@ class PatternNet(nn.Module):
     ) -> None:
         super().__init__()
         self.pattern, self.depth, self.width = pattern, depth, width
-        widths = stage_widths(width, stages)
+        steps = body_plan(pattern, depth, width, stages)
+        layers = [_layer(pattern, step) for step in steps]
+        channels = steps[-1].c_out
+        if pattern == "dense":  # DenseNet ends its features with a norm and an activation
+            layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
         self.stem = _stem(in_channels, width, stem)
-        self.features, channels = _body(pattern, depth, widths)
+        self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels, num_classes)
 
@@ -204,7 +228,7 @@ class PatternNet(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-def check_pattern(pattern: str, depth: int, width: int, stages: int, stem: str) -> None:
+def check_pattern(pattern: str, depth: int, width: int, stages: int) -> None:
     """Fail before building, naming the bad value and what would be valid."""
     if pattern not in PATTERNS:
         raise ValueError(f"unknown pattern {pattern!r}; valid choices: {', '.join(PATTERNS)}")
@@ -218,8 +242,6 @@ def check_pattern(pattern: str, depth: int, width: int, stages: int, stem: str) 
         )
     if pattern == "dense" and width % 2:
         raise ValueError(f"model.width={width}: dense grows by width/2, so width must be even")
-    if stem not in STEMS:
-        raise ValueError(f"model.stem={stem!r}; valid choices: {', '.join(STEMS)}")
 
 
 def build_pattern_model(
@@ -234,14 +256,13 @@ def build_pattern_model(
     stem: str = "auto",
     pretrained: bool = False,
 ) -> PatternNet:
-    check_pattern(pattern, depth, width, stages, stem)
+    check_pattern(pattern, depth, width, stages)
+    stem = resolve_stem(stem, input_size)
     if pretrained:
         raise ValueError(
             f"model={pattern} is a pattern family with no pretrained weights; "
             "set model.pretrained=false (pretrained weights exist for the torchvision zoo)"
         )
-    if stem == "auto":
-        stem = "cifar" if input_size <= 64 else "imagenet"
     return PatternNet(pattern, depth, width, num_classes, in_channels, stages, stem)
 
 
@@ -257,7 +278,7 @@ def _shortcut_params(c_in: int, c_out: int, stride: int) -> int:
 
 
 def block_params(pattern: str, c_in: int, c_out: int, stride: int) -> int:
-    """Parameters of one block of ``pattern`` (not ``dense``: see ``param_count``)."""
+    """Parameters of one block of ``pattern`` (not ``dense``: see ``step_params``)."""
     if pattern == "plain":
         return _conv_bn_params(c_in, c_out, 3)
     if pattern == "residual":
@@ -286,6 +307,15 @@ def block_params(pattern: str, c_in: int, c_out: int, stride: int) -> int:
     raise ValueError(f"no single-block formula for pattern {pattern!r}")
 
 
+def step_params(pattern: str, step: Step) -> int:
+    """Parameters of one step of :func:`body_plan`."""
+    if step.kind == "transition":  # BN, conv1x1
+        return 2 * step.c_in + step.c_in * step.c_out
+    if step.kind == "dense_layer":  # BN, conv3x3 to the growth
+        return 2 * step.c_in + 9 * step.c_in * (step.c_out - step.c_in)
+    return block_params(pattern, step.c_in, step.c_out, step.stride)
+
+
 def param_count(
     pattern: str,
     depth: int,
@@ -297,22 +327,9 @@ def param_count(
 ) -> int:
     """The number of parameters of ``build_pattern_model`` (BatchNorm weight and bias
     included, its running statistics are buffers), from the block formulas alone."""
-    widths = stage_widths(width, stages)
-    total = _conv_bn_params(in_channels, width, 3)
+    steps = body_plan(pattern, depth, width, stages)
+    total = _conv_bn_params(in_channels, width, 3) + sum(step_params(pattern, t) for t in steps)
+    channels = steps[-1].c_out
     if pattern == "dense":
-        growth, channels = width // 2, width
-        for s, c in enumerate(widths):
-            if s:
-                total += 2 * channels + channels * c  # transition: BN, conv1x1
-                channels = c
-            for _ in range(depth):
-                total += 2 * channels + 9 * channels * growth  # BN, conv3x3
-                channels += growth
         total += 2 * channels  # final BN
-        return total + channels * num_classes + num_classes
-    c_in = width
-    for s, c in enumerate(widths):
-        for d in range(depth):
-            total += block_params(pattern, c_in, c, 2 if s and not d else 1)
-            c_in = c
-    return total + c_in * num_classes + num_classes
+    return total + channels * num_classes + num_classes

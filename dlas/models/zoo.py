@@ -24,6 +24,15 @@ from torch import nn
 STEMS = ("auto", "imagenet", "cifar", "compact")
 
 
+def resolve_stem(stem: str, input_size: int) -> str:
+    """Check ``model.stem`` and turn ``auto`` into ``cifar`` (<= 64 px) or ``imagenet``."""
+    if stem not in STEMS:
+        raise ValueError(f"model.stem={stem!r}; valid choices: {', '.join(STEMS)}")
+    if stem == "auto":
+        return "cifar" if input_size <= 64 else "imagenet"
+    return stem
+
+
 def _conv_like(
     old: nn.Conv2d, in_channels: int, kernel: int | None = None, stride: int | None = None
 ) -> nn.Conv2d:
@@ -152,12 +161,9 @@ def build_zoo_model(
     stem: str = "auto",
 ) -> nn.Module:
     tv_name, adapt = ZOO[name]
-    if stem not in STEMS:
-        raise ValueError(f"model.stem={stem!r}; valid choices: {', '.join(STEMS)}")
+    stem = resolve_stem(stem, input_size)
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels={in_channels}; valid choices: 1, 3")
-    if stem == "auto":
-        stem = "cifar" if input_size <= 64 else "imagenet"
     if pretrained:
         model = _load_pretrained(tv_name)
         parent, attr, head = _last_linear(model)
