@@ -164,3 +164,25 @@ def test_rpc_round_trip_on_loopback(tmp_path) -> None:
             get_device("rpc", host="127.0.0.1", port=rpc.port, key="other", timeout=1)
     for pid in pids.values():  # both children are gone (or reaped zombies), not left running
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_cache_sizes_are_read_from_sysfs(tmp_path) -> None:
+    """The kernel's notation per cache index; instruction caches are not where data lives."""
+    from dlas.hardware.caches import cpu_caches, last_level_cache_bytes, parse_size
+
+    for i, (level, kind, size) in enumerate(
+        [
+            (1, "Data", "48K"),
+            (1, "Instruction", "64K"),
+            (2, "Unified", "1024K"),
+            (3, "Unified", "32M"),
+        ]
+    ):
+        index = tmp_path / f"index{i}"
+        index.mkdir()
+        (index / "level").write_text(f"{level}\n")
+        (index / "type").write_text(f"{kind}\n")
+        (index / "size").write_text(f"{size}\n")
+    assert parse_size("32768K") == 32 * 1024**2 and parse_size("512") == 512
+    assert cpu_caches(tmp_path) == {1: 48 * 1024, 2: 1024**2, 3: 32 * 1024**2}
+    assert last_level_cache_bytes(tmp_path) == 32 * 1024**2
