@@ -4,6 +4,7 @@ helpers that run the real entry point (``train.py``) in a subprocess."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -73,7 +74,11 @@ def _env() -> dict[str, str]:
 
 def start_entry(script: str, *args: str, log: Path) -> subprocess.Popen:
     """Start an entry point in the background, in its own process group (a test can
-    kill -9 the whole tree), its output going to ``log`` (a pipe nobody reads fills up)."""
+    kill -9 the whole tree), its output going to ``log`` (a pipe nobody reads fills up).
+
+    SIGINT is reset to its default first: a shell without job control starts background
+    jobs (CI's pytest among them) with SIGINT ignored, children inherit that, and Python
+    then never raises KeyboardInterrupt, so a test's Ctrl-C would be silently lost."""
     out = log.open("w")
     return subprocess.Popen(
         [sys.executable, str(ROOT / script), *args],
@@ -83,6 +88,7 @@ def start_entry(script: str, *args: str, log: Path) -> subprocess.Popen:
         text=True,
         env=_env(),
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

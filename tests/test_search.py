@@ -121,7 +121,7 @@ def _study(workdir):
 
 def test_search_runs_trials_as_tagged_runs_and_resumes_after_interrupt(workdir):
     # 8 trials: after the first one the rest are cache hits of a second or two each, and
-    # the Ctrl-C must land while some are still to come (3 raced to the end in CI)
+    # the Ctrl-C must land while some are still to come
     args = _search_args(workdir, "search.n_trials=8", "search.seed=0")
     log = Path(workdir["tmp"]) / "search.log"
     proc = start_entry("search.py", *args, log=log)
