@@ -7,7 +7,9 @@ BatchNorm statistics are randomized so that folding is real work): PyTorch eager
 torch.compile, onnxruntime, TVM untuned and TVM auto-scheduled (MetaSchedule with the
 stated budget: by default every convolution/linear task gets ``--trials-per-task``; the
 database is cached, so a re-run only re-applies it). Each timing runs
-in its own process with the stack's protocol (warm-up, then repeat x number). The table,
+in its own process with the stack's protocol (warm-up, then repeat x number), after the
+same process checked the compiled output against eager PyTorch's (a compiler that gets
+the model wrong stops the run instead of giving it a row). The table,
 with ratios to eager and to onnxruntime and the tuning time each row cost, replaces the
 section between the markers in benchmarks/README.md; raw rows accumulate in
 benchmarks/compilers.json (one model at a time, so a stopped run keeps its rows).
@@ -22,12 +24,14 @@ import platform
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from dlas.compiler import tvm_relax
-from dlas.compiler.baselines import time_baseline
-from dlas.compiler.measure import measure_in_subprocess, time_tvm_module
+from dlas.compiler.baselines import verify_and_time_baseline
+from dlas.compiler.measure import measure_in_subprocess, verify_and_time_tvm
+from dlas.deployment import VerificationError, tolerance
 from dlas.hardware import get_device, host_cpu
 from dlas.hardware.cores import computing
 from dlas.models import ZOO, get_model
@@ -58,17 +62,31 @@ def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, flo
     torch.export.save(program, path)
     device = get_device("cpu", threads=args.threads)
     protocol = {"warmup": args.warmup, "repeat": args.repeat, "number": args.number}
+    with torch.no_grad():
+        expected = model(x).numpy()
+    limit = tolerance("float32", float(np.abs(expected).max()), None)
     row: dict[str, float] = {}
+
+    def check(compiler: str, output: np.ndarray) -> None:
+        """A latency is only worth a row if the program computes the model."""
+        err = float(np.abs(output - expected).max())
+        row[f"err_{compiler}"] = err
+        if err > limit:
+            raise VerificationError(f"{name} {compiler}: max |out - eager| {err:.2e} > {limit:.0e}")
+
     for kind in ("pytorch", "torch_compile", "onnxruntime"):
-        lat = measure_in_subprocess(
-            time_baseline,
+        output, lat = measure_in_subprocess(
+            verify_and_time_baseline,
             kind,
             path,
+            path,
+            x.numpy(),
             x.numpy(),
             threads=device.threads,
             **protocol,
             label=f"{name} {kind}",
         )
+        check(kind, output)
         row[kind] = lat.median_ms
     for compiler, tuning in (
         ("tvm_untuned", None),
@@ -77,14 +95,16 @@ def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, flo
         built = tvm_relax.build(
             program, x, device, DENSE_DIRECT, work / f"{name}-{compiler}", tuning
         )
-        lat = measure_in_subprocess(
-            time_tvm_module,
+        outputs, lat = measure_in_subprocess(
+            verify_and_time_tvm,
             str(built.library),
+            [x.numpy()],
             x.numpy(),
             device,
             **protocol,
             label=f"{name} {compiler}",
         )
+        check(compiler, outputs[0])
         row[compiler] = lat.median_ms
         if tuning is not None:
             row["tune_s"] = built.info["tuning_cost_s"]  # also when the database is reused
@@ -93,11 +113,17 @@ def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, flo
     return row
 
 
+def _err(row: dict) -> str:
+    """Largest |TVM - eager| of the row (rows measured before verification have none)."""
+    errs = [row[k] for k in ("err_tvm_untuned", "err_tvm_autoschedule") if k in row]
+    return f"{max(errs):.1e}" if errs else "not checked"
+
+
 def table(rows: dict[str, dict]) -> str:
     head = (
         "| model | eager ms | torch.compile ms | onnxruntime ms | TVM untuned ms | "
         "TVM tuned ms | tuned / eager | tuned / onnxruntime | trials (per task) | tuning s "
-        "| measured |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| TVM max err | measured |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for name, r in rows.items():
@@ -106,7 +132,7 @@ def table(rows: dict[str, dict]) -> str:
             f"| {r['tvm_untuned']:.2f} | {r['tvm_autoschedule']:.2f} "
             f"| {r['tvm_autoschedule'] / r['pytorch']:.2f}x "
             f"| {r['tvm_autoschedule'] / r['onnxruntime']:.2f}x "
-            f"| {r['trials']:.0f} ({r['trials_per_task']}) | {r['tune_s']:.0f} "
+            f"| {r['trials']:.0f} ({r['trials_per_task']}) | {r['tune_s']:.0f} | {_err(r)} "
             f"| {r['date']}, {r['machine']}, `--stem {r['stem']}` |"
         )
     return (

@@ -2,9 +2,11 @@
 
 The pipeline is a list of named passes (``passes()``), read top to bottom:
 
-1. ``fold_batchnorm`` / ``decompose_for_inference`` / ``fold_constants``: weights are
-   constants (``keep_params_as_input=False``), so BatchNorm folds into the conv weights
-   and the algorithm layer sees the real (pruned) weights.
+1. ``fold_weight_reshapes`` ... ``fold_replicated_linear``: weights are constants
+   (``keep_params_as_input=False``), so BatchNorm folds into the conv weights (a conv bias
+   before it first moves into its mean, ``dlas.compiler.folds``), a linear layer fed by a
+   pool that only replicates a 1x1 map is summed down to the real input size, and the
+   algorithm layer sees the real (pruned) weights.
 2. ``mixed_precision_fp16`` (fp16 models only): convs and matmuls in float16.
 3. ``layer4_algorithms``: our legalization of conv2d / linear into the chosen
    primitive and data format (``dlas.algorithms``), recorded per layer.
@@ -32,6 +34,7 @@ import tvm
 from tvm import relax
 
 from dlas.cache import config_hash
+from dlas.compiler import folds
 from dlas.compiler.fast_tvmscript import install as install_fast_tvmscript
 from dlas.hardware import Device
 
@@ -119,9 +122,12 @@ class _Algorithms:
 def passes(algorithms: _Algorithms, dtype: str) -> list[tuple[str, tvm.transform.Pass]]:
     t = relax.transform
     steps: list[tuple[str, tvm.transform.Pass]] = [
+        ("fold_weight_reshapes", t.FoldConstant()),
+        ("fold_conv_bias_into_batchnorm", folds.fold_conv_bias_into_batchnorm()),
         ("fold_batchnorm", t.FoldBatchnormToConv2D()),
         ("decompose_for_inference", t.DecomposeOpsForInference()),
         ("fold_constants", t.FoldConstant()),
+        ("fold_replicated_linear", folds.fold_replicated_linear()),
     ]
     if dtype == "float16":
         steps.append(("mixed_precision_fp16", t.ToMixedPrecision(out_dtype="float16")))

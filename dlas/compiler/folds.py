@@ -1,0 +1,101 @@
+"""Graph folds of ours that TVM's Relax pipeline does not do, each exact in real arithmetic.
+
+Both exist because weights are constants at compile time, so work that depends on the
+weights alone can be done once by the compiler instead of on every inference:
+
+* ``fold_conv_bias_into_batchnorm``: a conv with a bias followed by BatchNorm (VGG-BN)
+  is ``BN(conv(x) + b)``, which Relax's ``FoldBatchnormToConv2D`` does not match; with
+  the bias moved into the BatchNorm's mean (``BN(conv(x))`` with ``mean - b``) it does,
+  and the conv ends as conv + one bias add that fuses with its ReLU, instead of carrying
+  five per-channel elementwise ops.
+* ``fold_replicated_linear``: torchvision's classifiers pool to a fixed grid before the
+  first linear layer (VGG: ``AdaptiveAvgPool2d((7, 7))``). When the feature map reaching
+  it is already 1x1 (any ImageNet-stem VGG on 32x32 inputs), the pool only replicates each
+  channel 49 times, and ``W @ repeat(x)`` equals ``(W summed over the 49 copies) @ x``.
+  The compiler sums the weight blocks once: VGG-16's first linear layer shrinks from a
+  25088x4096 matrix (411 MB streamed per inference) to 512x4096 (8 MB).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+
+def _function_pass(name: str, rewrite: Any) -> tvm.transform.Pass:
+    """A named pass applying ``rewrite`` to every Relax function."""
+
+    @relax.transform.function_pass(opt_level=0, name=name)
+    def apply(func: relax.Function, _mod: tvm.IRModule, _ctx: Any) -> relax.Function:
+        return rewrite(func)
+
+    return apply
+
+
+def _static_shape(expr: relax.Expr) -> list[int] | None:
+    shape = getattr(expr.ty, "shape", None)
+    values = getattr(shape, "values", None)
+    if values is None or not all(isinstance(v, tvm.tirx.IntImm) for v in values):
+        return None
+    return [int(v) for v in values]
+
+
+def fold_conv_bias_into_batchnorm() -> tvm.transform.Pass:
+    """``BN(conv(x) + b)`` -> ``BN'(conv(x))`` with ``mean' = mean - b`` (exact)."""
+    conv = is_op("relax.nn.conv2d")(wildcard(), is_const())
+    bias = is_const()
+    gamma, beta, mean, var = is_const(), is_const(), is_const(), is_const()
+    biased = is_op("relax.add")(conv, bias)
+    pattern = is_op("relax.nn.batch_norm")(biased, gamma, beta, mean, var)
+
+    def rewriter(call: relax.Call, m: dict) -> relax.Expr:
+        b = m[bias].value.numpy()
+        channels = m[mean].value.numpy().shape[0]
+        if call.attrs.axis != 1 or b.size != channels:  # not a per-output-channel bias
+            return call
+        shifted = m[mean].value.numpy() - b.reshape(channels)
+        return relax.Call(
+            call.op, [m[conv], m[gamma], m[beta], relax.const(shifted), m[var]], call.attrs
+        )
+
+    return _function_pass(
+        "fold_conv_bias_into_batchnorm", lambda f: rewrite_call(pattern, rewriter, f)
+    )
+
+
+def fold_replicated_linear() -> tvm.transform.Pass:
+    """``matmul(flatten(adaptive_avg_pool2d(x -> HxW)), W)`` on a 1x1 ``x`` ->
+    ``matmul(flatten(x), W summed over its H*W replicated rows)`` (exact)."""
+    x = wildcard()
+    pool = is_op("relax.nn.adaptive_avg_pool2d")(x)
+    flat = is_op("relax.reshape")(pool, wildcard())
+    weight = is_const()
+    pattern = is_op("relax.matmul")(flat, weight)
+
+    def rewriter(call: relax.Call, m: dict) -> relax.Expr:
+        pooled, w = m[pool], m[weight].value.numpy()  # w: (C * H * W, out), channel-major
+        shape, grid, flat_shape = (_static_shape(e) for e in (m[x], pooled, m[flat]))
+        if (
+            shape is None
+            or grid is None
+            or len(shape) != 4
+            or shape[2:] != [1, 1]  # a 1x1 map: the pool only replicates it
+            or (pooled.attrs.layout, pooled.attrs.out_layout) != ("NCHW", "NCHW")
+            or w.dtype.kind != "f"  # int8 weight sums would overflow
+            or w.ndim != 2
+            or w.shape[0] != grid[1] * grid[2] * grid[3]
+            or flat_shape != [grid[0], w.shape[0]]  # the flatten of the pooled map
+        ):
+            return call
+        n, c = shape[:2]
+        folded = w.reshape(c, grid[2] * grid[3], w.shape[1]).sum(axis=1, dtype=np.float64)
+        flat_x = relax.op.reshape(m[x], (n, c))
+        return relax.op.matmul(
+            flat_x, relax.const(folded.astype(w.dtype)), out_dtype=call.attrs.out_dtype
+        )
+
+    return _function_pass("fold_replicated_linear", lambda f: rewrite_call(pattern, rewriter, f))

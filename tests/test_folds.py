@@ -1,0 +1,102 @@
+"""Our graph folds (dlas.compiler.folds): they fire where they are exact, stay away where
+they are not, and the compiled model still computes what PyTorch computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from omegaconf import OmegaConf
+from torch import nn
+from tvm import relax
+
+from dlas.compiler import tvm_relax
+from dlas.compiler.measure import verify_and_time_tvm
+from dlas.hardware import get_device
+
+
+class VggLikeHead(nn.Module):
+    """Conv with bias -> BatchNorm -> ReLU, pooled to ``grid`` and classified: VGG-BN in
+    miniature, for 8 px inputs. With ``pool_input`` 1 the grid replicates one pixel, as
+    in VGG at 32 px."""
+
+    def __init__(self, pool_input: int, grid: int = 3) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=True),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(8 // pool_input),  # 8 px in
+        )
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.classifier = nn.Linear(8 * grid * grid, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def _model(pool_input: int) -> nn.Module:
+    torch.manual_seed(0)
+    model = VggLikeHead(pool_input).eval()
+    bn = model.features[1]
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-0.5, 0.5)
+    return model
+
+
+def _pipeline_ops(model: nn.Module, x: torch.Tensor) -> tuple[set[str], list[list[int]]]:
+    """Relax op names left after the folds, and the matmul weights' shapes."""
+    mod, dtype = tvm_relax.to_relax(torch.export.export(model, (x,)), x)
+    for name, step in tvm_relax.passes(tvm_relax._Algorithms(None), dtype):
+        if name == "layer4_algorithms":
+            break
+        mod = step(mod)
+    ops: set[str] = set()
+    weights: list[list[int]] = []
+
+    def visit(expr: relax.Expr) -> None:
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            ops.add(expr.op.name)
+            if expr.op.name == "relax.matmul":
+                weights.append([int(v) for v in expr.args[1].ty.shape.values])
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return ops, weights
+
+
+def test_conv_bias_and_batchnorm_fold_into_the_conv() -> None:
+    ops, _ = _pipeline_ops(_model(1), torch.randn(1, 3, 8, 8))
+    assert "relax.nn.conv2d" in ops
+    # nothing of the BatchNorm is left: no batch_norm, and none of the subtract / divide /
+    # multiply its decomposition would leave behind the conv
+    assert not ops & {"relax.nn.batch_norm", "relax.subtract", "relax.divide", "relax.multiply"}
+
+
+@pytest.mark.parametrize("pool_input, weight", [(1, [8, 5]), (2, [72, 5])])
+def test_linear_after_a_replicating_pool_is_summed_down(pool_input: int, weight: list) -> None:
+    # 1x1 -> 3x3 only replicates: the 72-row weight folds to 8 rows and the pool is gone.
+    # 2x2 -> 3x3 averages overlapping windows: nothing to fold.
+    ops, weights = _pipeline_ops(_model(pool_input), torch.randn(1, 3, 8, 8))
+    assert weights[0] == weight
+    assert ("relax.nn.adaptive_avg_pool2d" in ops) == (pool_input != 1)
+
+
+@pytest.mark.parametrize("pool_input", [1, 2])
+def test_folded_model_computes_what_pytorch_computes(tmp_path, pool_input: int) -> None:
+    model, x = _model(pool_input), torch.randn(1, 3, 8, 8)
+    algorithm = OmegaConf.create(
+        {"name": "direct", "data_format": "dense", "sparsity_threshold": 0.0}
+        | {"block_size": 4, "fallback": "direct"}
+    )
+    device = get_device("cpu", threads=1)
+    built = tvm_relax.build(torch.export.export(model, (x,)), x, device, algorithm, tmp_path)
+    assert {"fold_conv_bias_into_batchnorm", "fold_replicated_linear"} <= set(built.pipeline)
+    outputs, _ = verify_and_time_tvm(
+        str(built.library), [x.numpy()], x.numpy(), device, warmup=0, repeat=1, number=1
+    )
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.abs(outputs[0] - expected).max() < 1e-4
