@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from dlas.compiler import tvm_relax
 from dlas.compiler.baselines import verify_and_time_baseline
 from dlas.compiler.measure import measure_in_subprocess, verify_and_time_tvm
-from dlas.deployment import VerificationError, tolerance
+from dlas.deployment import VerificationError, disagreement
 from dlas.hardware import get_device, host_cpu
 from dlas.hardware.cores import computing
 from dlas.models import ZOO, get_model
@@ -64,12 +64,11 @@ def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, flo
     protocol = {"warmup": args.warmup, "repeat": args.repeat, "number": args.number}
     with torch.no_grad():
         expected = model(x).numpy()
-    limit = tolerance("float32", float(np.abs(expected).max()), None)
     row: dict[str, float] = {}
 
     def check(compiler: str, output: np.ndarray) -> None:
         """A latency is only worth a row if the program computes the model."""
-        err = float(np.abs(output - expected).max())
+        err, limit = disagreement(output, expected, "float32")
         row[f"err_{compiler}"] = err
         if err > limit:
             raise VerificationError(f"{name} {compiler}: max |out - eager| {err:.2e} > {limit:.0e}")

@@ -22,6 +22,7 @@ kernel fails this point only, never the sweep.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,17 @@ def tolerance(dtype: str, scale: float, override: float | None) -> float:
         return override
     relative = {"float32": 1e-5, "float16": 2e-2, "int8": 1e-1}[dtype]
     return max(1e-3, relative * scale) if dtype == "float32" else relative * max(scale, 1.0)
+
+
+def disagreement(
+    outputs: np.ndarray, ref: np.ndarray, dtype: str, override: float | None = None
+) -> tuple[float, float]:
+    """Max |outputs - ref| (inf when not finite, so it is never within tolerance) and the
+    tolerance it must stay within."""
+    err = float(np.abs(outputs.astype(np.float32) - ref).max())
+    return (err if np.isfinite(err) else math.inf), tolerance(
+        dtype, float(np.abs(ref).max()), override
+    )
 
 
 @dataclass
@@ -185,9 +197,8 @@ def verify(
     name: str, cfg: Any, compiled: Compiled, ref: np.ndarray, y: np.ndarray, dtype: str
 ) -> dict[str, float]:
     """Compare with PyTorch on the same images; a compiler over tolerance fails the point."""
-    err = float(np.abs(compiled.outputs.astype(np.float32) - ref).max())
-    tol = tolerance(dtype, float(np.abs(ref).max()), cfg.measure.tolerance)
-    if not np.isfinite(err) or err > tol:
+    err, tol = disagreement(compiled.outputs, ref, dtype, cfg.measure.tolerance)
+    if err > tol:
         raise VerificationError(
             f"compiler={name} algorithm={cfg.algorithm.name} "
             f"data_format={cfg.algorithm.data_format}: "

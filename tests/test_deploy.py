@@ -156,3 +156,28 @@ def test_int8_and_fp16_points_compile_and_verify(workdir, compression, dtype):
     if dtype == "int8":
         records = layers_of(run)
         assert records  # the integer convs were legalized like any other
+
+
+def test_outputs_over_tolerance_or_not_finite_fail_verification():
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from dlas.deployment import Compiled, VerificationError, disagreement, verify
+
+    ref = np.array([[1.0, -4.0]], dtype=np.float32)
+    assert disagreement(ref + 2e-4, ref, "float32") == pytest.approx((2e-4, 1e-3), rel=1e-3)
+    assert disagreement(ref + np.nan, ref, "float32")[0] == float("inf")
+    cfg = OmegaConf.create(
+        {"measure": {"tolerance": None}, "algorithm": {"name": "direct", "data_format": "dense"}}
+    )
+    labels = np.array([0])
+
+    def compiled(outputs: np.ndarray) -> Compiled:
+        return Compiled(outputs, None, 0.0, 0.0, 0, [], None)  # type: ignore[arg-type]
+
+    got = verify("tvm_untuned", cfg, compiled(ref + 2e-4), ref, labels, "float32")
+    assert got["max_abs_err_vs_torch"] == pytest.approx(2e-4, rel=1e-3)
+    assert got["compiled_top1"] == 100.0
+    for bad in (ref + 1e-2, ref * np.nan):
+        with pytest.raises(VerificationError, match="compiler=tvm_untuned algorithm=direct"):
+            verify("tvm_untuned", cfg, compiled(bad), ref, labels, "float32")

@@ -98,8 +98,12 @@ def _choose_sparse(rows: int, cols: int, weight_sparsity: float, opts: Options) 
     return Choice("gemm", opts.data_format)
 
 
-def _static_ints(shape: relax.Expr, skip_first: bool = False) -> list[int] | None:
-    values = list(shape.values)[1 if skip_first else 0 :]
+def static_ints(shape: relax.Expr | None, skip_first: bool = False) -> list[int] | None:
+    """A tensor's dims as ints, or None when its shape is unknown or symbolic."""
+    values = getattr(shape, "values", None)
+    if values is None:
+        return None
+    values = list(values)[1 if skip_first else 0 :]
     if not all(isinstance(v, tvm.tirx.IntImm) for v in values):
         return None
     return [int(v) for v in values]
@@ -176,8 +180,8 @@ class _Legalizer(PyExprMutator):
     def _conv2d(self, call: relax.Call) -> relax.Expr:
         attrs = call.attrs
         data, weight_expr = call.args
-        data_shape = _static_ints(data.ty.shape, skip_first=True)
-        w_shape = _static_ints(weight_expr.ty.shape)
+        data_shape = static_ints(data.ty.shape, skip_first=True)
+        w_shape = static_ints(weight_expr.ty.shape)
         layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)
         if layouts != ("NCHW", "OIHW", "NCHW") or data_shape is None or w_shape is None:
             why = f"layouts {layouts} / shapes not static NCHW-OIHW: left to TVM's legalization"

@@ -25,6 +25,8 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
+from dlas.algorithms.legalize import static_ints
+
 
 def _function_pass(name: str, rewrite: Any) -> tvm.transform.Pass:
     """A named pass applying ``rewrite`` to every Relax function."""
@@ -36,14 +38,6 @@ def _function_pass(name: str, rewrite: Any) -> tvm.transform.Pass:
     return apply
 
 
-def _static_shape(expr: relax.Expr) -> list[int] | None:
-    shape = getattr(expr.ty, "shape", None)
-    values = getattr(shape, "values", None)
-    if values is None or not all(isinstance(v, tvm.tirx.IntImm) for v in values):
-        return None
-    return [int(v) for v in values]
-
-
 def fold_conv_bias_into_batchnorm() -> tvm.transform.Pass:
     """``BN(conv(x) + b)`` -> ``BN'(conv(x))`` with ``mean' = mean - b`` (exact)."""
     conv = is_op("relax.nn.conv2d")(wildcard(), is_const())
@@ -53,11 +47,10 @@ def fold_conv_bias_into_batchnorm() -> tvm.transform.Pass:
     pattern = is_op("relax.nn.batch_norm")(biased, gamma, beta, mean, var)
 
     def rewriter(call: relax.Call, m: dict) -> relax.Expr:
-        b = m[bias].value.numpy()
-        channels = m[mean].value.numpy().shape[0]
-        if call.attrs.axis != 1 or b.size != channels:  # not a per-output-channel bias
+        b, mu = m[bias].value.numpy(), m[mean].value.numpy()
+        if call.attrs.axis != 1 or b.size != mu.shape[0]:  # not a per-output-channel bias
             return call
-        shifted = m[mean].value.numpy() - b.reshape(channels)
+        shifted = mu - b.reshape(mu.shape)
         return relax.Call(
             call.op, [m[conv], m[gamma], m[beta], relax.const(shifted), m[var]], call.attrs
         )
@@ -78,7 +71,9 @@ def fold_replicated_linear() -> tvm.transform.Pass:
 
     def rewriter(call: relax.Call, m: dict) -> relax.Expr:
         pooled, w = m[pool], m[weight].value.numpy()  # w: (C * H * W, out), channel-major
-        shape, grid, flat_shape = (_static_shape(e) for e in (m[x], pooled, m[flat]))
+        shape, grid, flat_shape = (
+            static_ints(getattr(e.ty, "shape", None)) for e in (m[x], pooled, m[flat])
+        )
         if (
             shape is None
             or grid is None
