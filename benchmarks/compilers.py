@@ -1,12 +1,16 @@
 """Time every zoo model under every compiler at 32x32, batch 1, on this machine.
 
     python benchmarks/compilers.py --trials-per-task 8 [--models resnet18 vgg16] [--stem imagenet]
+                                   [--algorithm best]
 
 For each model (random weights: dense inference time does not depend on their values;
 BatchNorm statistics are randomized so that folding is real work): PyTorch eager,
 torch.compile, onnxruntime, TVM untuned and TVM auto-scheduled (MetaSchedule with the
 stated budget: by default every convolution/linear task gets ``--trials-per-task``; the
-database is cached, so a re-run only re-applies it). Each timing runs
+database is cached, so a re-run only re-applies it). ``--algorithm`` is layer 4's choice
+for both TVM columns (``direct`` by default; ``best`` tunes every candidate algorithm
+and gives each layer the fastest, so its untuned column uses ``direct``); rows of other
+algorithms than ``direct`` are named ``model (algorithm)``. Each timing runs
 in its own process with the stack's protocol (warm-up, then repeat x number), after the
 same process checked the compiled output against eager PyTorch's (a compiler that gets
 the model wrong stops the run instead of giving it a row). The table,
@@ -22,12 +26,15 @@ import datetime
 import json
 import platform
 import tempfile
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from dlas.algorithms import ALGORITHMS, BEST, CHOICES
 from dlas.compiler import tvm_relax
 from dlas.compiler.baselines import verify_and_time_baseline
 from dlas.compiler.measure import measure_in_subprocess, verify_and_time_tvm
@@ -38,15 +45,20 @@ from dlas.models import ZOO, get_model
 
 HERE = Path(__file__).parent
 BEGIN, END = "<!-- compilers:begin -->", "<!-- compilers:end -->"
-DENSE_DIRECT = OmegaConf.create(
-    {
-        "name": "direct",
-        "data_format": "dense",
-        "sparsity_threshold": 0.0,
-        "block_size": 4,
-        "fallback": "direct",
-    }
-)
+
+
+def dense(algorithm: str) -> Any:
+    """Layer 4's config for one algorithm on dense weights (fallback: direct)."""
+    return OmegaConf.create(
+        {
+            "name": algorithm,
+            "data_format": "dense",
+            "sparsity_threshold": 0.0,
+            "block_size": 4,
+            "fallback": "direct",
+            "candidates": list(ALGORITHMS),
+        }
+    )
 
 
 def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, float]:
@@ -87,12 +99,17 @@ def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, flo
         )
         check(kind, output)
         row[kind] = lat.median_ms
-    for compiler, tuning in (
-        ("tvm_untuned", None),
-        ("tvm_autoschedule", tvm_relax.Tuning(args.trials, args.trials_per_task, args.tuning_dir)),
+    untuned = "direct" if args.algorithm == BEST else args.algorithm
+    for compiler, algorithm, tuning in (
+        ("tvm_untuned", untuned, None),
+        (
+            "tvm_autoschedule",
+            args.algorithm,
+            tvm_relax.Tuning(args.trials, args.trials_per_task, args.tuning_dir),
+        ),
     ):
         built = tvm_relax.build(
-            program, x, device, DENSE_DIRECT, work / f"{name}-{compiler}", tuning
+            program, x, device, dense(algorithm), work / f"{name}-{compiler}", tuning
         )
         outputs, lat = measure_in_subprocess(
             verify_and_time_tvm,
@@ -108,6 +125,8 @@ def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, flo
         if tuning is not None:
             row["tune_s"] = built.info["tuning_cost_s"]  # also when the database is reused
             row["trials"] = built.info["tuning_trials"]
+            convs = [r["algorithm"] for r in built.layers if r["op"] == "conv2d"]
+            row["conv_algorithms"] = dict(Counter(convs))
     print(name, row, flush=True)
     return row
 
@@ -148,6 +167,7 @@ def main() -> None:
     parser.add_argument("--trials-per-task", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--stem", default="imagenet")
+    parser.add_argument("--algorithm", default="direct", choices=CHOICES)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--number", type=int, default=10)
@@ -166,8 +186,9 @@ def main() -> None:
                 machine=machine,
                 stem=args.stem,
                 trials_per_task=args.trials_per_task,
+                algorithm=args.algorithm,
             )
-            rows[name] = row
+            rows[name if args.algorithm == "direct" else f"{name} ({args.algorithm})"] = row
             if not args.no_write:  # one model at a time: a stopped run keeps what it measured
                 results.write_text(json.dumps(rows, indent=1) + "\n")
                 write_readme(table(rows))

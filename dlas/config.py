@@ -122,6 +122,10 @@ class AlgorithmConf:
     sparsity_threshold: float = 0.0
     block_size: int = 4
     fallback: str = "direct"
+    # name=best: the algorithms each layer chooses among by tuned time (first wins ties)
+    candidates: list[str] = field(
+        default_factory=lambda: ["direct", "gemm", "spatial_pack", "winograd"]
+    )
 
 
 @dataclass

@@ -57,7 +57,15 @@ def check_layers(cfg: Any) -> Device:
                 f"compiler (compiler=tvm_autoschedule measure.compare=[{main}])"
             )
     a = cfg.algorithm
-    check_combination(a.name, a.data_format, a.fallback)
+    check_combination(a.name, a.data_format, a.fallback, a.candidates)
+    if a.name == "best":
+        untuned = [c for c in (main, *cfg.measure.compare) if c == "tvm_untuned"]
+        if main != "tvm_autoschedule" or untuned:
+            raise ValueError(
+                "algorithm=best chooses each layer's algorithm by its tuned time: it needs "
+                f"compiler=tvm_autoschedule and no tvm_untuned to compare (got compiler={main}, "
+                f"measure.compare={list(cfg.measure.compare)})"
+            )
     h = cfg.hardware
     for name in (main, *cfg.measure.compare):
         if name not in TVM_COMPILERS and h.name != "cpu":

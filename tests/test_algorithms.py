@@ -216,6 +216,41 @@ def test_winograd_records(zoo) -> None:
     assert all(r["format"] == "dense" for r in records)
 
 
+def test_best_applies_the_per_layer_choice_in_layer_order(zoo) -> None:
+    model, x, mod = zoo
+    per_layer = ["winograd", "gemm", "spatial_pack", "gemm", "gemm", "direct"]
+    legal, records = legalize_convs(mod, "best", per_layer=per_layer)
+    layers = by_layer(records)
+    got = [layers[name]["algorithm"] for name in LAYERS[:6]]
+    # depthwise and grouped convs always take the grouped direct compute
+    assert got == ["winograd", "gemm", "spatial_pack", "direct", "direct", "direct"]
+    assert {r["requested"] for r in records} == {"best"}
+    kernels = [layers[name]["kernel"] for name in LAYERS[:6]]
+    assert kernels[0].startswith("conv2d_winograd") and kernels[1].startswith("conv2d_im2col")
+    assert np.abs(run(legal, x) - model(x).detach().numpy()).max() < 1e-4
+    with pytest.raises(ValueError, match="per-layer choice"):
+        legalize_convs(mod, "best")
+
+
+def test_best_takes_dense_formats_and_known_candidates_only() -> None:
+    check_combination("best", "dense", candidates=["direct", "winograd"])
+    with pytest.raises(ValueError, match="algorithm=gemm algorithm.data_format=csr"):
+        check_combination("best", "csr")
+    with pytest.raises(ValueError, match=r"\['direct', 'fft'\]"):
+        check_combination("best", "dense", candidates=["direct", "fft"])
+
+
+def test_integer_weights_never_get_winograd() -> None:
+    from dlas.algorithms.common import Conv2dSpec
+    from dlas.algorithms.legalize import Options, choose_conv
+
+    spec = Conv2dSpec(4, 8, 8, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    opts = Options("winograd", "dense", 0.0, 4, "gemm")
+    assert choose_conv(spec, np.ones((8, 4, 3, 3), np.float32), opts).algorithm == "winograd"
+    choice = choose_conv(spec, np.ones((8, 4, 3, 3), np.int8), opts)
+    assert choice.algorithm == "gemm" and "int8" in choice.reason
+
+
 def test_fallback_choice_is_used(zoo) -> None:
     _, _, mod = zoo
     _, records = legalize_convs(mod, "winograd", fallback="gemm")

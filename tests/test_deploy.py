@@ -91,6 +91,8 @@ def test_deploy_needs_a_trained_model(workdir):
         ("hardware=rpc hardware.port=1", "127.0.0.1:1"),
         ("compiler.name=tvm_fast", "valid choices"),
         ("compiler=onnxruntime hardware=cuda", "runs on hardware=cpu only"),
+        ("algorithm=best", "needs compiler=tvm_autoschedule"),
+        ("algorithm=best algorithm.candidates=[direct,fft]", "'best': candidates"),
     ],
 )
 def test_bad_systems_choices_fail_the_run_with_the_reason(workdir, bad, message):
@@ -136,6 +138,35 @@ def test_autoschedule_reuses_its_database(workdir):
     second = run_point(compose(*args))
     assert first["tune_s"] > 0 and second["tune_s"] == 0
     assert first["max_abs_err_vs_torch"] < 1e-3 and second["max_abs_err_vs_torch"] < 1e-3
+
+
+def test_best_gives_each_layer_its_fastest_tuned_candidate(workdir):
+    # two candidates and one stage keep the tuning to a few tasks (a MetaSchedule round
+    # costs ~20 s here whatever its size); the choice rule itself is unit-tested
+    args = overrides(
+        workdir,
+        *TINY,
+        "model=residual",
+        "model.depth=1",
+        "model.width=4",
+        "model.stages=1",
+        "algorithm=best",
+        "algorithm.candidates=[direct,winograd]",
+        "compiler=tvm_autoschedule",
+        "compiler.trials_per_task=1",
+    )
+    first = run_point(compose(*args))
+    assert first["max_abs_err_vs_torch"] < 1e-3 and first["tune_s"] > 0
+    (run,) = runs(workdir["uri"])
+    convs = [r for r in layers_of(run) if r["op"] == "conv2d"]
+    assert convs
+    for layer in convs:
+        assert layer["requested"] == "best" and set(layer["candidate_ms"]) == {"direct", "winograd"}
+        timed = {k: v for k, v in layer["candidate_ms"].items() if v is not None}
+        assert timed, layer  # the layer's kernels were tuned under some candidate
+        assert timed[layer["algorithm"]] == min(timed.values()), layer
+    second = run_point(compose(*args))  # the candidates' database is reused: no search
+    assert second["tune_s"] == 0 and second["max_abs_err_vs_torch"] < 1e-3
 
 
 @pytest.mark.parametrize("compression, dtype", [("quant", "int8"), ("fp16", "float16")])

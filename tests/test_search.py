@@ -86,12 +86,42 @@ def test_sparse_formats_are_asked_only_of_pruned_models():
         (["search.directions=[maximize,smaller]"], "smaller"),
         (["deploy=false"], "deploy=false"),
         (["search.sampler=random"], "nsga2, tpe"),
-        (["search.space.compression.prune=[0.5,1.5]"], "within"),
+        (["search.space.amount.prune=[0.5,1.5]"], "within"),
+        (["search.space.compression=[none,zip]"], "zip"),
     ],
 )
 def test_bad_search_config_is_rejected_naming_the_value(bad, message):
     with pytest.raises(ValueError, match=message):
         check_search(search_cfg(*bad))
+
+
+def test_a_compression_override_replaces_the_choices_and_keeps_the_ranges():
+    space = search_cfg("search.space.compression=[none,prune]").search.space
+    assert list(space.compression) == ["none", "prune"]
+    assert list(space.amount.prune) == [0.5, 0.95]
+    got = suggest_point(
+        optuna.trial.FixedTrial(
+            {"model": "resnet18", "compression": "quant", "compiler": "pytorch", "threads": 1}
+        ),
+        OmegaConf.merge(space, {"compression": ["quant"], "compiler": ["pytorch"]}),
+    )
+    assert got == ["model=resnet18", "compression=quant", "compiler=pytorch", "hardware.threads=1"]
+
+
+def test_best_is_offered_to_metaschedule_only():
+    space = search_cfg("search.space.algorithm=[direct,best]").search.space
+    point = {"model": "resnet18", "compression": "none", "threads": 1}
+    tuned = point | {"compiler": "tvm_autoschedule", "algorithm": "best", "trials_per_task": 1}
+    assert "algorithm=best" in suggest_point(optuna.trial.FixedTrial(tuned), space)
+    untuned = point | {"compiler": "tvm_untuned", "algorithm_untuned": "direct"}
+    assert "algorithm=direct" in suggest_point(optuna.trial.FixedTrial(untuned), space)
+    with pytest.raises(ValueError, match="best"):  # not among the untuned choices
+        suggest_point(
+            optuna.trial.FixedTrial(
+                point | {"compiler": "tvm_untuned", "algorithm_untuned": "best"}
+            ),
+            space,
+        )
 
 
 def test_constraints_known_after_compression_stop_the_point():
@@ -108,7 +138,8 @@ def _search_args(workdir, *extra):
         f"search.out_dir={workdir['tmp']}/reports",
         "search.metrics=[top1,size_bytes]",
         "search.space.model=[resnet18]",
-        "search.space.compression={none:null,prune:[0.5,0.9]}",
+        "search.space.compression=[none,prune]",
+        "search.space.amount.prune=[0.5,0.9]",
         *extra,
     ]
 

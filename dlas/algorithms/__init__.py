@@ -10,6 +10,11 @@ with a constant weight), and reports per layer what it got and why:
 - ``spatial_pack``: NCHW[x]c-style register tiles, kernel packed (O/VC, C, kh, kw, VC);
 - ``winograd``: F(2x2 or 4x4, 3x3), weights pre-transformed; 3x3 stride-1 convs only.
 
+``best`` is not a compute but a rule: every layer gets whichever of ``candidates`` ran
+fastest once tuned (MetaSchedule times each candidate's kernel in place, epilogue
+included; ``dlas.compiler.per_layer``), so it needs ``compiler=tvm_autoschedule``. The
+legalization then takes one algorithm per layer.
+
 Data formats: ``dense``; ``csr`` and ``bsr`` store only the (blocks of) non-zero weights
 and run a sparse im2col GEMM, so they go with ``gemm`` only.
 
@@ -19,6 +24,7 @@ without paying TVM's import time.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -34,16 +40,36 @@ FORMAT_ALGORITHMS = {
 }
 # A fallback must handle any ungrouped conv: Winograd is what falls back, never the target.
 FALLBACKS = ("direct", "gemm", "spatial_pack")
+#: The per-layer choice among tuned candidates: a value of ``algorithm.name`` besides the
+#: algorithms themselves.
+BEST = "best"
+CHOICES = (*ALGORITHMS, BEST)
 
-__all__ = ["ALGORITHMS", "DATA_FORMATS", "check_combination", "legalize_convs"]
+__all__ = ["ALGORITHMS", "BEST", "CHOICES", "DATA_FORMATS", "check_combination", "legalize_convs"]
 
 
-def check_combination(algorithm: str, data_format: str, fallback: str = "direct") -> None:
+def check_combination(
+    algorithm: str,
+    data_format: str,
+    fallback: str = "direct",
+    candidates: Sequence[str] = ALGORITHMS,
+) -> None:
     """Raise ValueError naming the bad value and the valid choices; called before any work."""
-    if algorithm not in ALGORITHMS:
-        raise ValueError(
-            f"unknown algorithm {algorithm!r}; valid algorithms: {', '.join(ALGORITHMS)}"
-        )
+    if algorithm not in CHOICES:
+        raise ValueError(f"unknown algorithm {algorithm!r}; valid algorithms: {', '.join(CHOICES)}")
+    if algorithm == BEST:
+        bad = [c for c in candidates if c not in ALGORITHMS]
+        if bad or not candidates:
+            raise ValueError(
+                f"algorithm 'best': candidates {list(candidates)} must be a non-empty list of "
+                f"{', '.join(ALGORITHMS)}"
+            )
+        if data_format != "dense":
+            raise ValueError(
+                f"algorithm 'best' chooses among dense algorithms, not data format "
+                f"{data_format!r}: the sparse formats are a sparse im2col GEMM, use "
+                f"algorithm=gemm algorithm.data_format={data_format}"
+            )
     if data_format not in DATA_FORMATS:
         raise ValueError(
             f"unknown data format {data_format!r}; valid data formats: {', '.join(DATA_FORMATS)}"
@@ -53,7 +79,7 @@ def check_combination(algorithm: str, data_format: str, fallback: str = "direct"
             f"invalid fallback {fallback!r}; valid fallbacks: {', '.join(FALLBACKS)} "
             "(the fallback must handle every ungrouped conv, so it cannot be winograd)"
         )
-    if algorithm not in FORMAT_ALGORITHMS[data_format]:
+    if algorithm != BEST and algorithm not in FORMAT_ALGORITHMS[data_format]:
         sparse = ", ".join(f for f in DATA_FORMATS if f != "dense")
         raise ValueError(
             f"algorithm {algorithm!r} does not support data format {data_format!r}: "
@@ -72,6 +98,7 @@ def legalize_convs(
     sparsity_threshold: float = 0.0,
     block_size: int = 4,
     fallback: str = "direct",
+    per_layer: Sequence[str] = (),
 ) -> tuple[tvm.IRModule, list[dict]]:
     """Legalize every conv2d (and, for csr/bsr, every constant-weight linear) of ``mod``.
 
@@ -79,9 +106,18 @@ def legalize_convs(
     must be constants for any layout change (else the layer falls back to ``direct``).
     Shapes must be static except the batch. Returns the new module and one record per
     layer: ``layer, op, shape, algorithm, requested, fallback_reason, format,
-    weight_sparsity`` (fraction of exact zeros; None for a non-constant weight).
+    weight_sparsity, kernel`` (fraction of exact zeros; None for a non-constant weight;
+    ``kernel`` is the name of the PrimFunc the layer became).
+
+    ``algorithm="best"`` takes the choice made per conv layer, in the order the records
+    list them, from ``per_layer``.
     """
     check_combination(algorithm, data_format, fallback)
+    if algorithm == BEST and not per_layer:
+        raise ValueError(
+            "algorithm 'best' needs the per-layer choice (dlas.compiler.per_layer makes it "
+            "from tuned candidates)"
+        )
     if not 0.0 <= sparsity_threshold <= 1.0:
         raise ValueError(f"sparsity_threshold must be in [0, 1], got {sparsity_threshold}")
     if block_size < 1:
@@ -89,4 +125,7 @@ def legalize_convs(
 
     from .legalize import Options, legalize
 
-    return legalize(mod, Options(algorithm, data_format, sparsity_threshold, block_size, fallback))
+    opts = Options(
+        algorithm, data_format, sparsity_threshold, block_size, fallback, tuple(per_layer)
+    )
+    return legalize(mod, opts)

@@ -16,7 +16,7 @@ work, never repeated per inference.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import tvm
@@ -44,6 +44,7 @@ class Options:
     sparsity_threshold: float
     block_size: int
     fallback: str
+    per_layer: tuple[str, ...] = ()  # algorithm="best": the algorithm of each conv, in order
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ def choose_conv(spec: Conv2dSpec, weight: np.ndarray | None, opts: Options) -> C
         return _choose_sparse(weight.shape[0], spec.reduction, sparsity(weight), opts)
     if opts.algorithm == "winograd":
         why = winograd.applicable(spec)
+        if why is None and weight is not None and not np.issubdtype(weight.dtype, np.floating):
+            why = f"winograd's transformed weights are fractional, not {weight.dtype}"
         if why is not None:
             return Choice(opts.fallback, "dense", f"{why}; used fallback {opts.fallback!r}")
     return Choice(opts.algorithm, "dense")
@@ -154,9 +157,14 @@ class _Legalizer(PyExprMutator):
             return None if value is None else value.astype(str(expr.attrs.dtype))
         return None
 
-    def _record(self, op: str, shape: str, choice: Choice, weight: np.ndarray | None) -> None:
+    def _record(
+        self, op: str, shape: str, choice: Choice, weight: np.ndarray | None, out: relax.Expr
+    ) -> relax.Expr:
+        """Note what the layer got, and which kernel (PrimFunc) computes it, if ours."""
         name = f"{op}_{self._count[op]}"
         self._count[op] += 1
+        callee = out.args[0] if isinstance(out, relax.Call) and out.args else None
+        kernel = callee.name_hint if isinstance(callee, tvm.ir.GlobalVar) else None
         self.records.append(
             {
                 "layer": name,
@@ -167,8 +175,10 @@ class _Legalizer(PyExprMutator):
                 "fallback_reason": choice.reason,
                 "format": choice.data_format,
                 "weight_sparsity": None if weight is None else sparsity(weight),
+                "kernel": kernel,
             }
         )
+        return out
 
     def _sparse(self, matrix: np.ndarray, fmt: str) -> tuple[list[relax.Expr], int]:
         """CSR/BSR arrays as Relax constants (int64 indptr kept), and the row bound."""
@@ -185,8 +195,7 @@ class _Legalizer(PyExprMutator):
         layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)
         if layouts != ("NCHW", "OIHW", "NCHW") or data_shape is None or w_shape is None:
             why = f"layouts {layouts} / shapes not static NCHW-OIHW: left to TVM's legalization"
-            self._record("conv2d", "?", Choice("tvm_default", "dense", why), None)
-            return call
+            return self._record("conv2d", "?", Choice("tvm_default", "dense", why), None, call)
 
         c, h, w = data_shape
         spec = Conv2dSpec(
@@ -202,9 +211,13 @@ class _Legalizer(PyExprMutator):
             groups=int(attrs.groups),
         )
         weight = self._constant(weight_expr)
-        choice = choose_conv(spec, weight, self.opts)
-        self._record("conv2d", spec.describe(_dims_text(data.ty.shape.values[:1])), choice, weight)
-        return self._emit_conv(data, weight_expr, weight, spec, choice, str(call.ty.dtype))
+        opts = self.opts
+        if opts.per_layer:  # "best": this layer's algorithm was chosen from tuned candidates
+            opts = replace(opts, algorithm=opts.per_layer[self._count["conv2d"]])
+        choice = choose_conv(spec, weight, opts)
+        out = self._emit_conv(data, weight_expr, weight, spec, choice, str(call.ty.dtype))
+        shape = spec.describe(_dims_text(data.ty.shape.values[:1]))
+        return self._record("conv2d", shape, choice, weight, out)
 
     def _emit_conv(
         self,
@@ -270,12 +283,11 @@ class _Legalizer(PyExprMutator):
             choice = Choice("gemm", "dense", why)
         else:
             choice = _choose_sparse(out_features, in_features, sparsity(weight), self.opts)
-        self._record("dense", shape, choice, weight)
         if choice.data_format == "dense":
-            return call
+            return self._record("dense", shape, choice, weight, call)
         fmt, out_dtype = choice.data_format, str(call.ty.dtype)
         arrays, max_row = self._sparse(weight, fmt)
-        return self.builder_.call_te(
+        out = self.builder_.call_te(
             lambda t, d, i, p: dense_sparse(
                 t, SparseTensors(d, i, p, max_row, in_features), out_features, out_dtype, fmt
             ),
@@ -283,6 +295,7 @@ class _Legalizer(PyExprMutator):
             *arrays,
             primfunc_name_hint=f"dense_{fmt}",
         )
+        return self._record("dense", shape, choice, weight, out)
 
     def _linear_weight(self, rhs: relax.Expr) -> np.ndarray | None:
         """The (O, K) weight of ``x @ rhs``: rhs is permute_dims(W) (torch's linear) or W^T."""

@@ -13,6 +13,10 @@ The pipeline is a list of named passes (``passes()``), read top to bottom:
 4. ``legalize`` ... ``fuse_tir``: TVM's own lowering of every other op and fusion of
    elementwise epilogues (bias, ReLU, residual add) into the producers.
 5. ``metaschedule_tune`` + ``apply_tuning_database`` (``tvm_autoschedule`` only).
+   With ``algorithm=best``, steps 3-4 run once per candidate algorithm, all candidates'
+   kernels are tuned into one database, and ``choose_algorithm_per_layer`` gives each
+   layer the candidate whose tuned kernel ran fastest before steps 3-4 run for real
+   (``dlas.compiler.per_layer``).
 
 *Untuned* (``tvm_untuned``) means exactly steps 1-4: TVM 0.27 has no default CPU
 schedules (``dlight.cpu`` covers GEMV and reductions only), so every kernel runs as
@@ -95,10 +99,15 @@ def to_relax(
 
 
 class _Algorithms:
-    """Layer 4 as a named module pass that keeps the per-layer decisions it made."""
+    """Layer 4 as a named module pass that keeps the per-layer decisions it made.
 
-    def __init__(self, cfg: Any) -> None:
+    ``name`` overrides the configured algorithm (one candidate of ``best``); ``per_layer``
+    is ``best``'s choice, one algorithm per conv layer."""
+
+    def __init__(self, cfg: Any, name: str | None = None, per_layer: list[str] = ()) -> None:
         self.cfg = cfg
+        self.name = name or (cfg.name if cfg is not None else "direct")
+        self.per_layer = list(per_layer)
         self.records: list[dict[str, Any]] = []
 
     def pass_(self) -> tvm.transform.Pass:
@@ -108,11 +117,12 @@ class _Algorithms:
         def apply(mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
             mod, self.records = legalize_convs(
                 mod,
-                self.cfg.name,
+                self.name,
                 self.cfg.data_format,
                 sparsity_threshold=self.cfg.sparsity_threshold,
                 block_size=self.cfg.block_size,
                 fallback=self.cfg.fallback,
+                per_layer=self.per_layer,
             )
             return mod
 
@@ -120,6 +130,12 @@ class _Algorithms:
 
 
 def passes(algorithms: _Algorithms, dtype: str) -> list[tuple[str, tvm.transform.Pass]]:
+    """The whole pipeline up to the tuning, as (name, pass) pairs."""
+    return graph_passes(dtype) + kernel_passes(algorithms)
+
+
+def graph_passes(dtype: str) -> list[tuple[str, tvm.transform.Pass]]:
+    """Graph-level folds, the same whatever algorithm the layers get."""
     t = relax.transform
     steps: list[tuple[str, tvm.transform.Pass]] = [
         ("fold_weight_reshapes", t.FoldConstant()),
@@ -131,7 +147,13 @@ def passes(algorithms: _Algorithms, dtype: str) -> list[tuple[str, tvm.transform
     ]
     if dtype == "float16":
         steps.append(("mixed_precision_fp16", t.ToMixedPrecision(out_dtype="float16")))
-    steps += [
+    return steps
+
+
+def kernel_passes(algorithms: _Algorithms) -> list[tuple[str, tvm.transform.Pass]]:
+    """Layer 4, then TVM's lowering of the other ops and the fusion into kernels."""
+    t = relax.transform
+    return [
         ("layer4_algorithms", algorithms.pass_()),
         ("legalize", t.LegalizeOps()),
         ("annotate_op_patterns", t.AnnotateTIROpPattern()),
@@ -139,28 +161,47 @@ def passes(algorithms: _Algorithms, dtype: str) -> list[tuple[str, tvm.transform
         ("fuse_ops", t.FuseOps()),
         ("fuse_tir", t.FuseTIR()),
     ]
-    return steps
 
 
-def workload_hash(mod: tvm.IRModule) -> list[int]:
-    """The tuning tasks' identity: the structural hashes of the module's PrimFuncs (the
+def _run(
+    steps: list[tuple[str, tvm.transform.Pass]], mod: tvm.IRModule, quiet: bool = False
+) -> tvm.IRModule:
+    for i, (name, step) in enumerate(steps, 1):
+        if not quiet:
+            log.info("tvm pipeline %d/%d: %s", i, len(steps), name)
+        mod = step(mod)
+    return mod
+
+
+def workload_hash(mods: list[tvm.IRModule]) -> list[int]:
+    """The tuning tasks' identity: the structural hashes of the modules' PrimFuncs (the
     kernels MetaSchedule tunes), not of the weights the Relax function carries, so a
     retrained model of the same shapes reuses its database."""
     from tvm_ffi import structural_hash
 
     return sorted(
         structural_hash(func)
+        for mod in mods
         for _, func in mod.functions.items()
         if isinstance(func, tvm.tirx.PrimFunc)
     )
 
 
-def tuning_tasks(mod: tvm.IRModule, target: tvm.target.Target, ops: tuple[str, ...]) -> list:
-    """The MetaSchedule tasks worth searching: those named after one of ``ops``."""
+def tuning_tasks(mods: list[tvm.IRModule], target: tvm.target.Target, ops: tuple[str, ...]) -> list:
+    """The MetaSchedule tasks worth searching (those named after one of ``ops``), each
+    once however many of ``mods`` (``best``'s candidates) share it."""
     from tvm.s_tir import meta_schedule as ms
+    from tvm_ffi import structural_hash
 
-    tasks = ms.relax_integration.extract_tasks(mod, target)
-    return [t for t in tasks if any(op in t.task_name for op in ops)]
+    seen: set[int] = set()
+    tasks = []
+    for mod in mods:
+        for task in ms.relax_integration.extract_tasks(mod, target):
+            key = structural_hash(task.dispatched[0])
+            if any(op in task.task_name for op in ops) and key not in seen:
+                seen.add(key)
+                tasks.append(task)
+    return tasks
 
 
 def trial_budget(tuning: Tuning, n_tasks: int) -> int:
@@ -188,19 +229,19 @@ class TuningDatabase:
     cost_s: float  # what building the database cost, whenever that was
 
 
-def tune(mod: tvm.IRModule, target: tvm.target.Target, tuning: Tuning) -> TuningDatabase:
-    """Tune with MetaSchedule unless the database of this workload and target already holds
-    at least the budget's trials."""
+def tune(mods: list[tvm.IRModule], target: tvm.target.Target, tuning: Tuning) -> TuningDatabase:
+    """Tune the kernels of ``mods`` with MetaSchedule unless the database of this workload
+    and target already holds at least the budget's trials."""
     from dlas.hardware.cores import exclusive
 
     key = config_hash(
-        {"workload": workload_hash(mod), "target": str(target), "ops": list(tuning.ops)}
+        {"workload": workload_hash(mods), "target": str(target), "ops": list(tuning.ops)}
     )
     work_dir = tuning.root / key
     state_file = work_dir / "dlas_tuning.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     done = state.get("trials", 0)
-    tasks = tuning_tasks(mod, target, tuning.ops)
+    tasks = tuning_tasks(mods, target, tuning.ops)
     trials = trial_budget(tuning, len(tasks))
     if done >= trials or not tasks:
         return TuningDatabase(work_dir, 0.0, done, state.get("tune_s", 0.0))
@@ -238,6 +279,27 @@ def _tune_tasks(tasks: list, work_dir: Path, trials: int, per_task: int) -> floa
     return time.perf_counter() - start
 
 
+def _choose_per_layer(
+    mod: tvm.IRModule, cfg: Any, device: Device, tuning: Tuning
+) -> tuple[list[str], list[dict], TuningDatabase]:
+    """``algorithm=best``: lower with every candidate, tune them all, keep each layer's
+    fastest (``dlas.compiler.per_layer``)."""
+    from dlas.compiler import per_layer
+
+    def lower(name: str) -> tuple[tvm.IRModule, list[dict]]:
+        algorithms = _Algorithms(cfg, name=name)
+        with device.compile_target:
+            lowered = _run(kernel_passes(algorithms), mod, quiet=True)
+        return lowered, algorithms.records
+
+    log.info("algorithm=best: lowering with each of %s", ", ".join(cfg.candidates))
+    candidates = per_layer.legalize_candidates(lower, list(cfg.candidates))
+    database = tune([c.mod for c in candidates], device.target, tuning)
+    chosen, costs = per_layer.choose(candidates, database.work_dir, device.target)
+    log.info("algorithm=best: per conv layer %s", ", ".join(chosen))
+    return chosen, costs, database
+
+
 def build(
     program: torch.export.ExportedProgram,
     example: torch.Tensor,
@@ -248,23 +310,41 @@ def build(
 ) -> TvmBuild:
     start = time.perf_counter()
     mod, dtype = to_relax(program, example)
-    algorithms = _Algorithms(algorithm_cfg)
-    steps = passes(algorithms, dtype)
     target = device.compile_target
+    graph = graph_passes(dtype)
     with target:
-        for i, (name, step) in enumerate(steps, 1):
-            log.info("tvm pipeline %d/%d: %s", i, len(steps), name)
-            mod = step(mod)
-    tune_s, trials = 0.0, 0
+        mod = _run(graph, mod)
+    names = [name for name, _ in graph]
     info: dict[str, Any] = {"dtype": dtype}
-    names = [name for name, _ in steps]
+    tune_s, trials, database = 0.0, 0, None
+    chosen: list[str] = []
+    costs: list[dict] = []
+    if algorithm_cfg.name == "best":
+        if tuning is None:
+            raise ValueError(
+                "algorithm=best chooses each layer's algorithm by its tuned time: it needs "
+                "compiler=tvm_autoschedule"
+            )
+        chosen, costs, database = _choose_per_layer(mod, algorithm_cfg, device, tuning)
+        names.append("choose_algorithm_per_layer")
+    algorithms = _Algorithms(algorithm_cfg, per_layer=chosen)
+    kernels = kernel_passes(algorithms)
+    with target:
+        mod = _run(kernels, mod)
+    names += [name for name, _ in kernels]
     if tuning is not None:
-        database = tune(mod, device.target, tuning)
+        if database is None:
+            database = tune([mod], device.target, tuning)
+            names.append("metaschedule_tune")
         tune_s, trials = database.tune_s, database.trials
         info["tuning_cost_s"] = database.cost_s
         with target, tvm.transform.PassContext(opt_level=3):
             mod = relax.transform.MetaScheduleApplyDatabase(str(database.work_dir))(mod)
-        names += ["metaschedule_tune", "apply_tuning_database"]
+        names.append("apply_tuning_database")
+    if chosen:
+        convs = (r for r in algorithms.records if r["op"] == "conv2d")
+        for record, candidate_ms in zip(convs, costs, strict=True):
+            record["candidate_ms"] = candidate_ms
     log.info("tvm: building the library for %s", target.kind.name)
     executable = tvm.compile(mod, target=target)
     out_dir.mkdir(parents=True, exist_ok=True)

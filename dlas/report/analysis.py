@@ -23,7 +23,7 @@ TVM_AUTOSCHEDULE = "tvm_autoschedule"
 # Display order: eager baseline first, then the other frameworks, then TVM untuned -> tuned;
 # algorithms from the naive to the clever. Names not listed sort after these, alphabetically.
 COMPILER_ORDER = ("pytorch", "torch_compile", "onnxruntime", TVM_UNTUNED, TVM_AUTOSCHEDULE)
-ALGORITHM_ORDER = ("direct", "gemm", "spatial_pack", "winograd")
+ALGORITHM_ORDER = ("direct", "gemm", "spatial_pack", "winograd", "best")
 FORMAT_ORDER = ("dense", "csr", "bsr")
 
 # One compressed model measured on one machine: the unit inside which algorithms and

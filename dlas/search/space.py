@@ -4,13 +4,16 @@ The config lists what each layer may take; this module turns one Optuna trial in
 Hydra overrides of one stack point, asking only the questions that matter for the
 answers already given:
 
-* a compression's ``amount`` is asked only for compressions that have one (its range is
-  the compression's entry in ``space.compression``);
+* a compression's ``amount`` is asked only for compressions given a range in
+  ``space.amount`` (a list of choices and a separate table of ranges, so that overriding
+  ``search.space.compression=[...]`` replaces the choices: Hydra merges a dict override
+  into the default dict, which would silently keep choices the user meant to drop);
 * a data format other than dense, and its ``sparsity_threshold``, only when the model is
   weight-pruned (a dense model has nothing to skip), and then the algorithm is the sparse
   im2col GEMM, the one that takes sparse weights;
-* the conv algorithm only for TVM compilers (frameworks pick their own kernels), and
-  Winograd only for float models (our int8 route computes direct integer convolutions);
+* the conv algorithm only for TVM compilers (frameworks pick their own kernels),
+  Winograd only for float models (its transformed weights are fractional), and ``best``
+  (each layer's fastest tuned candidate) only for ``tvm_autoschedule``;
 * MetaSchedule's trials per task only for ``tvm_autoschedule``.
 
 Parameter names are stable per question (``prune.amount`` vs ``channel_prune.amount``) so
@@ -26,13 +29,14 @@ import optuna
 from dlas.compiler import COMPILERS, TVM_COMPILERS
 
 SPARSE_FORMATS = ("csr", "bsr")
+BEST = "best"
 FLOAT_ONLY_ALGORITHMS = ("winograd",)
 INT8_COMPRESSIONS = ("quant",)
 
 
 def check_space(space: Any) -> None:
     """Reject a space that names things the stack does not have, before any trial runs."""
-    from dlas.algorithms import ALGORITHMS
+    from dlas.algorithms import CHOICES
     from dlas.compression import COMPRESSIONS
     from dlas.models import list_models
 
@@ -44,14 +48,15 @@ def check_space(space: Any) -> None:
             )
 
     unknown("model", space.model, list_models())
-    unknown("compression", list(space.compression), COMPRESSIONS.names())
-    unknown("algorithm", space.algorithm, ALGORITHMS)
+    unknown("compression", space.compression, COMPRESSIONS.names())
+    unknown("amount", list(space.amount), COMPRESSIONS.names())
+    unknown("algorithm", space.algorithm, CHOICES)
     unknown("sparse_formats", space.sparse_formats, SPARSE_FORMATS)
     unknown("compiler", space.compiler, COMPILERS)
-    for kind, bounds in space.compression.items():
+    for kind, bounds in space.amount.items():
         if bounds is not None and not (len(bounds) == 2 and 0 <= bounds[0] <= bounds[1] < 1):
             raise ValueError(
-                f"search.space.compression.{kind}: amount range must be [low, high] within "
+                f"search.space.amount.{kind}: amount range must be [low, high] within "
                 f"[0, 1), got {list(bounds)}"
             )
 
@@ -61,7 +66,7 @@ def suggest_point(trial: optuna.Trial, space: Any) -> list[str]:
     overrides = [f"model={trial.suggest_categorical('model', list(space.model))}"]
     compression = trial.suggest_categorical("compression", list(space.compression))
     overrides.append(f"compression={compression}")
-    bounds = space.compression[compression]
+    bounds = space.amount.get(compression)
     if bounds is not None:
         amount = trial.suggest_float(f"{compression}.amount", bounds[0], bounds[1])
         overrides.append(f"compression.amount={amount:.4f}")
@@ -69,7 +74,7 @@ def suggest_point(trial: optuna.Trial, space: Any) -> list[str]:
     compiler = trial.suggest_categorical("compiler", list(space.compiler))
     overrides.append(f"compiler={compiler}")
     if compiler in TVM_COMPILERS:
-        overrides += _suggest_algorithm(trial, space, compression)
+        overrides += _suggest_algorithm(trial, space, compression, compiler)
     if compiler == "tvm_autoschedule":
         low, high = space.trials_per_task
         per_task = trial.suggest_int("trials_per_task", low, high)
@@ -79,7 +84,9 @@ def suggest_point(trial: optuna.Trial, space: Any) -> list[str]:
     return overrides
 
 
-def _suggest_algorithm(trial: optuna.Trial, space: Any, compression: str) -> list[str]:
+def _suggest_algorithm(
+    trial: optuna.Trial, space: Any, compression: str, compiler: str
+) -> list[str]:
     if compression == "prune" and space.sparse_formats:
         data_format = trial.suggest_categorical("data_format", ["dense", *space.sparse_formats])
         if data_format != "dense":
@@ -91,9 +98,11 @@ def _suggest_algorithm(trial: optuna.Trial, space: Any, compression: str) -> lis
                 f"algorithm.sparsity_threshold={threshold:.4f}",
             ]
     choices = list(space.algorithm)
+    name = "algorithm"  # a different set of choices needs a name (a distribution) of its own
     if compression in INT8_COMPRESSIONS:
         choices = [a for a in choices if a not in FLOAT_ONLY_ALGORITHMS] or ["direct"]
-        name = "algorithm_int8"  # a different set of choices: its own distribution
-    else:
-        name = "algorithm"
+        name += "_int8"
+    if compiler != "tvm_autoschedule" and BEST in choices:
+        choices = [a for a in choices if a != BEST] or ["direct"]
+        name += "_untuned"
     return [f"algorithm={trial.suggest_categorical(name, choices)}"]
