@@ -260,9 +260,21 @@ def tune(mods: list[tvm.IRModule], target: tvm.target.Target, tuning: Tuning) ->
     return TuningDatabase(work_dir, tune_s, trials, tune_s)
 
 
+def _drop_foreign_log_handlers() -> None:
+    """MetaSchedule re-runs ``logging.config.dictConfig`` on every tuning, listing the
+    handlers already on its logger by name; a handler attached without a name (pytest's
+    log capture does so) makes the second tuning of a process fail. Such handlers are
+    removed from that one logger: MetaSchedule writes its own console and file logs."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(logger.handlers):
+        if handler.get_name() is None:
+            logger.removeHandler(handler)
+
+
 def _tune_tasks(tasks: list, work_dir: Path, trials: int, per_task: int) -> float:
     from tvm.s_tir import meta_schedule as ms
 
+    _drop_foreign_log_handlers()
     start = time.perf_counter()
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         tasks, work_dir=str(work_dir)
