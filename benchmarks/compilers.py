@@ -34,10 +34,11 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from dlas.algorithms import ALGORITHMS, BEST, CHOICES
+from dlas.algorithms import BEST, CHOICES
 from dlas.compiler import tvm_relax
 from dlas.compiler.baselines import verify_and_time_baseline
 from dlas.compiler.measure import measure_in_subprocess, verify_and_time_tvm
+from dlas.config import AlgorithmConf
 from dlas.deployment import VerificationError, disagreement
 from dlas.hardware import get_device, host_cpu
 from dlas.hardware.cores import computing
@@ -48,17 +49,9 @@ BEGIN, END = "<!-- compilers:begin -->", "<!-- compilers:end -->"
 
 
 def dense(algorithm: str) -> Any:
-    """Layer 4's config for one algorithm on dense weights (fallback: direct)."""
-    return OmegaConf.create(
-        {
-            "name": algorithm,
-            "data_format": "dense",
-            "sparsity_threshold": 0.0,
-            "block_size": 4,
-            "fallback": "direct",
-            "candidates": list(ALGORITHMS),
-        }
-    )
+    """Layer 4's config for one algorithm: the schema's defaults (dense weights, fallback
+    direct, every algorithm a candidate of ``best``)."""
+    return OmegaConf.structured(AlgorithmConf(name=algorithm))
 
 
 def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, float]:

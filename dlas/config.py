@@ -15,6 +15,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from dlas.algorithms import ALGORITHMS
+
 # ---------------------------------------------------------------- layer 1: dataset
 
 
@@ -123,9 +125,7 @@ class AlgorithmConf:
     block_size: int = 4
     fallback: str = "direct"
     # name=best: the algorithms each layer chooses among by tuned time (first wins ties)
-    candidates: list[str] = field(
-        default_factory=lambda: ["direct", "gemm", "spatial_pack", "winograd"]
-    )
+    candidates: list[str] = field(default_factory=lambda: list(ALGORITHMS))
 
 
 @dataclass

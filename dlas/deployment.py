@@ -45,7 +45,7 @@ class VerificationError(RuntimeError):
 
 def check_layers(cfg: Any) -> Device:
     """Validate layers 4-6 before any work: algorithm/format pair, compilers, hardware."""
-    from dlas.algorithms import check_combination
+    from dlas.algorithms import BEST, check_combination
 
     main = cfg.compiler.name
     check_compiler(main)
@@ -58,14 +58,12 @@ def check_layers(cfg: Any) -> Device:
             )
     a = cfg.algorithm
     check_combination(a.name, a.data_format, a.fallback, a.candidates)
-    if a.name == "best":
-        untuned = [c for c in (main, *cfg.measure.compare) if c == "tvm_untuned"]
-        if main != "tvm_autoschedule" or untuned:
-            raise ValueError(
-                "algorithm=best chooses each layer's algorithm by its tuned time: it needs "
-                f"compiler=tvm_autoschedule and no tvm_untuned to compare (got compiler={main}, "
-                f"measure.compare={list(cfg.measure.compare)})"
-            )
+    if a.name == BEST and (main != "tvm_autoschedule" or "tvm_untuned" in cfg.measure.compare):
+        raise ValueError(
+            "algorithm=best chooses each layer's algorithm by its tuned time: it needs "
+            f"compiler=tvm_autoschedule and no tvm_untuned to compare (got compiler={main}, "
+            f"measure.compare={list(cfg.measure.compare)})"
+        )
     h = cfg.hardware
     for name in (main, *cfg.measure.compare):
         if name not in TVM_COMPILERS and h.name != "cpu":

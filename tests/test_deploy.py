@@ -92,6 +92,10 @@ def test_deploy_needs_a_trained_model(workdir):
         ("compiler.name=tvm_fast", "valid choices"),
         ("compiler=onnxruntime hardware=cuda", "runs on hardware=cpu only"),
         ("algorithm=best", "needs compiler=tvm_autoschedule"),
+        (
+            "algorithm=best compiler=tvm_autoschedule measure.compare=[tvm_untuned]",
+            "no tvm_untuned to compare",
+        ),
         ("algorithm=best algorithm.candidates=[direct,fft]", "'best': candidates"),
     ],
 )

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import torch
 import tvm
 from tvm import relax
 
+from dlas.algorithms import BEST
 from dlas.cache import config_hash
 from dlas.compiler import folds
 from dlas.compiler.fast_tvmscript import install as install_fast_tvmscript
@@ -104,7 +106,7 @@ class _Algorithms:
     ``name`` overrides the configured algorithm (one candidate of ``best``); ``per_layer``
     is ``best``'s choice, one algorithm per conv layer."""
 
-    def __init__(self, cfg: Any, name: str | None = None, per_layer: list[str] = ()) -> None:
+    def __init__(self, cfg: Any, name: str | None = None, per_layer: Sequence[str] = ()) -> None:
         self.cfg = cfg
         self.name = name or (cfg.name if cfg is not None else "direct")
         self.per_layer = list(per_layer)
@@ -331,7 +333,7 @@ def build(
     tune_s, trials, database = 0.0, 0, None
     chosen: list[str] = []
     costs: list[dict] = []
-    if algorithm_cfg.name == "best":
+    if algorithm_cfg.name == BEST:
         if tuning is None:
             raise ValueError(
                 "algorithm=best chooses each layer's algorithm by its tuned time: it needs "

@@ -26,17 +26,16 @@ from typing import Any
 
 import optuna
 
+from dlas.algorithms import BEST, CHOICES
 from dlas.compiler import COMPILERS, TVM_COMPILERS
 
 SPARSE_FORMATS = ("csr", "bsr")
-BEST = "best"
 FLOAT_ONLY_ALGORITHMS = ("winograd",)
 INT8_COMPRESSIONS = ("quant",)
 
 
 def check_space(space: Any) -> None:
     """Reject a space that names things the stack does not have, before any trial runs."""
-    from dlas.algorithms import CHOICES
     from dlas.compression import COMPRESSIONS
     from dlas.models import list_models
 
