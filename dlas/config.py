@@ -131,6 +131,9 @@ class AlgorithmConf:
 @dataclass
 class CompilerConf:
     name: str = MISSING
+    # TVM only: default = each kernel's default schedule (dlas.algorithms; DLAS's "untuned"),
+    # none = TVM's plain loop nests (what dlas measured as untuned before schedules existed)
+    schedule: str = "default"
     trials: int = 0  # MetaSchedule trials in total (tvm_autoschedule); 0: tasks x per task
     trials_per_task: int = 0  # 0: no per-task cap
     tune_ops: list[str] = field(default_factory=lambda: ["conv2d", "matmul", "dense"])

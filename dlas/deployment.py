@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlas.compiler import TVM_COMPILERS, check_compiler
+from dlas.compiler import TVM_COMPILERS, check_compiler, check_schedule
 from dlas.compiler.baselines import time_baseline, verify_and_time_baseline
 from dlas.compiler.measure import Latency, measure_in_subprocess, verify_and_time_tvm
 from dlas.hardware import Device, get_device
@@ -49,6 +49,7 @@ def check_layers(cfg: Any) -> Device:
 
     main = cfg.compiler.name
     check_compiler(main)
+    check_schedule(cfg.compiler.schedule)
     for other in cfg.measure.compare:
         check_compiler(other)
         if other == "tvm_autoschedule" and main != other:
@@ -175,7 +176,9 @@ def compile_and_time(
         c = cfg.compiler
         tuning = tvm_relax.Tuning(c.trials, c.trials_per_task, tuning_root, tuple(c.tune_ops))
     example = torch.from_numpy(inputs.example)
-    built = tvm_relax.build(inputs.program, example, device, cfg.algorithm, out_dir, tuning)
+    built = tvm_relax.build(
+        inputs.program, example, device, cfg.algorithm, out_dir, tuning, cfg.compiler.schedule
+    )
     # Relax modules take float32 whatever they compute in (fp16 and int8 cast inside).
     outputs, latency = measure_in_subprocess(
         verify_and_time_tvm,

@@ -27,6 +27,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from . import im2col_gemm, spatial_pack, winograd
 from .common import Conv2dSpec
 from .direct import conv2d_direct
+from .schedule import target_lanes
 from .sparse import SparseTensors, conv2d_sparse, dense_sparse, sparsity, to_bsr, to_csr
 
 _CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
@@ -249,13 +250,18 @@ class _Legalizer(PyExprMutator):
             return emit(
                 "im2col_gemm",
                 lambda x, k: im2col_gemm.conv2d_im2col_gemm(x, k, spec, out_dtype),
-                relax.const(im2col_gemm.weight_matrix(weight)),
+                relax.const(
+                    im2col_gemm.gemm_weight(
+                        weight, im2col_gemm.panel_width(spec.out_channels, target_lanes(out_dtype))
+                    )
+                ),
             )
         if choice.algorithm == "spatial_pack":
-            packed = spatial_pack.pack_kernel(weight, spatial_pack.tile_sizes(spec)[2])
+            lanes = target_lanes(out_dtype)
+            packed = spatial_pack.pack_kernel(weight, spatial_pack.tile_sizes(spec, lanes)[2])
             return emit(
                 "spatial_pack",
-                lambda x, k: spatial_pack.conv2d_spatial_pack(x, k, spec, out_dtype),
+                lambda x, k: spatial_pack.conv2d_spatial_pack(x, k, spec, out_dtype, lanes),
                 relax.const(packed),
             )
         if choice.algorithm == "winograd":

@@ -7,29 +7,34 @@ compile time, to ``(O/VC, C, kh, kw, VC)`` so that the VC output channels of a t
 adjacent in memory (one vector load), and the input is repacked per tile window to
 ``(N, OH/VH, OW/VW, C, win_h, win_w)`` so that a tile reads one contiguous block.
 
-Tile sizes: VC is the largest of 8, 4, 2, 1 that divides O (8 fp32 lanes = one AVX2
-vector); VW the largest of 8, 4, 2, 1 dividing OW; VH 2 if it divides OH, else 1. Divisors
-keep the compute free of tail handling; a tuner can re-tile the loops further.
+Tile sizes (the data layout, so fixed at legalization from the target, as TOPI's fallback
+config did): VC is the largest divisor of O up to one vector (16 fp32 lanes on AVX-512,
+8 on AVX2); VW the largest of 8, 4, 2, 1 dividing OW; VH 2 if it divides OH, else 1.
+Divisors keep the compute free of tail handling. The schedule keeps the VH x VW x VC
+tile in registers across the whole reduction; a tuner searches its unrolling and the
+order of the outer loops.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from tvm import te
+from tvm.s_tir import Schedule
 
 from .common import Conv2dSpec, as_dtype, pad_nchw
+from .schedule import Knobs, Tile, get_block, largest_divisor, schedules_anchor, tile_anchor
 
 
 def _largest_divisor(n: int, choices: tuple[int, ...]) -> int:
     return next(c for c in choices if n % c == 0)
 
 
-def tile_sizes(spec: Conv2dSpec) -> tuple[int, int, int]:
-    """(VH, VW, VC) for this layer, see the module docstring."""
+def tile_sizes(spec: Conv2dSpec, lanes: int = 8) -> tuple[int, int, int]:
+    """(VH, VW, VC) for this layer and ``lanes`` vector lanes, see the module docstring."""
     return (
         _largest_divisor(spec.out_height, (2, 1)),
         _largest_divisor(spec.out_width, (8, 4, 2, 1)),
-        _largest_divisor(spec.out_channels, (8, 4, 2, 1)),
+        largest_divisor(spec.out_channels, lanes),
     )
 
 
@@ -40,10 +45,10 @@ def pack_kernel(weight: np.ndarray, vc: int) -> np.ndarray:
 
 
 def conv2d_spatial_pack(
-    data: te.Tensor, kernel_vec: te.Tensor, spec: Conv2dSpec, out_dtype: str
+    data: te.Tensor, kernel_vec: te.Tensor, spec: Conv2dSpec, out_dtype: str, lanes: int = 8
 ) -> te.Tensor:
     """Packed conv over (n, co, h, w, vh, vw, vc) tiles, then unpacked to NCHW."""
-    vh_, vw_, vc_ = tile_sizes(spec)
+    vh_, vw_, vc_ = tile_sizes(spec, lanes)
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     kh, kw = spec.kernel_h, spec.kernel_w
     batch = data.shape[0]
@@ -77,3 +82,12 @@ def conv2d_spatial_pack(
         name="conv2d_spatial_pack",
         tag="conv2d_spatial_pack",
     )
+
+
+@schedules_anchor("conv_packed")
+def schedule_spatial_pack(sch: Schedule, knobs: Knobs) -> None:
+    """The packed layout's own tile, TOPI x86 style: loops (n, co, h, w | rc, ry, rx |
+    vh, vw, vc), vh and vw unrolled, vc one vector of packed kernel; the outer tile loops
+    run in parallel, the unpacking and epilogue follow each tile."""
+    block = get_block(sch, "conv_packed")
+    tile_anchor(sch, block, knobs, [Tile(4, 0), Tile(5, 0), Tile(6, 0, vector=True)])
