@@ -161,6 +161,8 @@ class HardwareConf:
     name: str = MISSING
     threads: int = 0  # 0: every core of the host
     target: Any = None
+    # ISA presets (hardware=cpu_avx2, ...): what narrower CPU this target emulates, logged
+    emulates: str | None = None
     target_host: Any = None
     host: str | None = None
     port: int | None = None
