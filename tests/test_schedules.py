@@ -62,11 +62,14 @@ class Convs(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-def algorithm_cfg(name: str):
+COMBINATIONS = [(a, "dense") for a in ALGORITHMS] + [("gemm", "csr"), ("gemm", "bsr")]
+
+
+def algorithm_cfg(name: str, data_format: str = "dense"):
     return OmegaConf.create(
         {
             "name": name,
-            "data_format": "dense",
+            "data_format": data_format,
             "sparsity_threshold": 0.0,
             "block_size": 4,
             "fallback": "direct",
@@ -75,17 +78,23 @@ def algorithm_cfg(name: str):
 
 
 def lowered(
-    name: str, x: torch.Tensor, target: tvm.target.Target
+    name: str, x: torch.Tensor, target: tvm.target.Target, data_format: str = "dense"
 ) -> tuple[tvm.IRModule, nn.Module]:
     torch.manual_seed(0)
     model = Convs().eval()
     with torch.no_grad():
         for p in model.bn.parameters():
             p.uniform_(0.5, 1.5)
+        if data_format != "dense":  # pruned: most weights zero, as the sparse formats expect
+            for m in model.modules():
+                if isinstance(m, nn.Conv2d | nn.Linear):
+                    m.weight.mul_(torch.rand_like(m.weight) > 0.8)
     mod, dtype = tvm_relax.to_relax(torch.export.export(model, (x,)), x)
     with target:
         mod = tvm_relax._run(
-            tvm_relax.passes(tvm_relax._Algorithms(algorithm_cfg(name)), dtype), mod, True
+            tvm_relax.passes(tvm_relax._Algorithms(algorithm_cfg(name, data_format)), dtype),
+            mod,
+            True,
         )
     return mod, model
 
@@ -105,12 +114,16 @@ def with_knob_draw(mod: tvm.IRModule, target: tvm.target.Target, seed: int) -> t
     return mod
 
 
-@pytest.mark.parametrize("batch", [1, 2])
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_default_and_sampled_schedules_compute_the_loop_nest(algorithm: str, batch: int) -> None:
+@pytest.mark.parametrize(
+    ("algorithm", "data_format", "batch"),
+    [(a, f, 1) for a, f in COMBINATIONS] + [("spatial_pack", "dense", 2), ("gemm", "csr", 2)],
+)
+def test_default_and_sampled_schedules_compute_the_loop_nest(
+    algorithm: str, data_format: str, batch: int
+) -> None:
     target = tvm.target.Target(AVX512 if host_has("avx512f") else AVX2)
     x = torch.randn(batch, 3, 11, 10)
-    mod, model = lowered(algorithm, x, target)
+    mod, model = lowered(algorithm, x, target, data_format)
     plain = run(mod, x.numpy(), target)
     expected = model(x).detach().numpy()
     np.testing.assert_allclose(plain, expected, rtol=1e-4, atol=1e-4)
@@ -127,7 +140,15 @@ def test_default_and_sampled_schedules_compute_the_loop_nest(algorithm: str, bat
 
 
 def test_every_algorithm_has_a_registered_schedule() -> None:
-    assert {"conv2d_direct", "gemm", "conv_packed", "winograd_batched_gemm"} <= set(ANCHORS)
+    assert {
+        "conv2d_direct",
+        "gemm",
+        "conv_packed",
+        "winograd_batched_gemm",
+        "conv2d_csr",
+        "conv2d_bsr",
+        "matmul",
+    } <= set(ANCHORS)
 
 
 def kernel_asm(mod: tvm.IRModule, target: tvm.target.Target) -> str:
@@ -188,7 +209,7 @@ def test_schedule_none_keeps_the_plain_loop_nests(tmp_path: Path) -> None:
 
 
 def test_a_schedule_that_cannot_apply_names_the_kernel(monkeypatch) -> None:
-    def broken(sch, knobs) -> None:
+    def broken(sch, block, knobs) -> None:
         sch.compute_inline(sch.get_sblock("conv2d_direct"))  # a reduction cannot be inlined
 
     monkeypatch.setitem(ANCHORS, "conv2d_direct", broken)

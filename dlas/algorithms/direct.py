@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from tvm import te
 from tvm.s_tir import Schedule
+from tvm.s_tir.schedule import SBlockRV
 
 from .common import Conv2dSpec, as_dtype, pad_nchw
-from .schedule import Knobs, Tile, get_block, largest_divisor, schedules_anchor, tile_anchor
+from .schedule import Knobs, Tile, largest_divisor, schedules_anchor, tile_anchor
 
 
 def conv2d_direct(
@@ -52,7 +53,7 @@ def conv2d_direct(
 
 
 @schedules_anchor("conv2d_direct")
-def schedule_direct(sch: Schedule, knobs: Knobs) -> None:
+def schedule_direct(sch: Schedule, block: SBlockRV, knobs: Knobs) -> None:
     """Register tile of output channels x output pixels, one axis in vector registers.
 
     Loops (n, o, y, x | rc, ry, rx). Weights stay OIHW (the direct primitive is the
@@ -70,7 +71,6 @@ def schedule_direct(sch: Schedule, knobs: Knobs) -> None:
     The accumulators stay in registers across the whole reduction, and the epilogue
     (bias, ReLU, residual add) is applied to each tile as it is finished.
     """
-    block = get_block(sch, "conv2d_direct")
     lanes = knobs.lanes(str(sch.get(block).writes[0].source.dtype))
     _, o_loop, y_loop, x_loop, *_ = sch.get_loops(block)
     channels, height, width = (knobs.extent(loop) for loop in (o_loop, y_loop, x_loop))

@@ -19,9 +19,10 @@ from __future__ import annotations
 import numpy as np
 from tvm import te
 from tvm.s_tir import Schedule
+from tvm.s_tir.schedule import SBlockRV
 
 from .common import Conv2dSpec, as_dtype, pad_nchw
-from .schedule import Knobs, Tile, get_block, largest_divisor, schedules_anchor, tile_anchor
+from .schedule import Knobs, Tile, largest_divisor, schedules_anchor, tile_anchor
 
 
 def weight_matrix(weight: np.ndarray) -> np.ndarray:
@@ -29,8 +30,9 @@ def weight_matrix(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(weight.reshape(weight.shape[0], -1))
 
 
-def im2col(data: te.Tensor, spec: Conv2dSpec) -> te.Tensor:
-    """col[n, p, k]: p = (y, x) flattened, k = (c, r, s) flattened (groups must be 1)."""
+def im2col(data: te.Tensor, spec: Conv2dSpec, transposed: bool = False) -> te.Tensor:
+    """col[n, p, k] (or, ``transposed``, col[n, k, p]): p = (y, x) flattened, k = (c, r, s)
+    flattened (groups must be 1)."""
     padded = pad_nchw(data, spec)
     kh, kw, out_w = spec.kernel_h, spec.kernel_w, spec.out_width
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
@@ -40,7 +42,11 @@ def im2col(data: te.Tensor, spec: Conv2dSpec) -> te.Tensor:
         y, x = p // out_w, p % out_w
         return padded[n, c, y * sh + r * dh, x * sw + s * dw]
 
-    shape = (data.shape[0], spec.out_height * out_w, spec.reduction)
+    pixels = spec.out_height * out_w
+    if transposed:
+        shape = (data.shape[0], spec.reduction, pixels)
+        return te.compute(shape, lambda n, k, p: compute(n, p, k), name="im2col", tag="im2col")
+    shape = (data.shape[0], pixels, spec.reduction)
     return te.compute(shape, compute, name="im2col", tag="im2col")
 
 
@@ -83,12 +89,11 @@ def conv2d_im2col_gemm(
 
 
 @schedules_anchor("gemm")
-def schedule_gemm(sch: Schedule, knobs: Knobs) -> None:
+def schedule_gemm(sch: Schedule, block: SBlockRV, knobs: Knobs) -> None:
     """A BLAS-style micro-kernel: ``lanes`` output channels (one contiguous vector of the
     packed weight matrix per k) x up to half the vector registers' worth of pixels (each a
     broadcast of one column-matrix entry), accumulated in registers over all of K; the
     im2col stage before it is a parallel, vectorized copy."""
-    block = get_block(sch, "gemm")
     lanes = int(sch.get(block).annotations.get("panel", 1))
     _, o_loop, y_loop, x_loop, _ = sch.get_loops(block)
     height, width = knobs.extent(y_loop), knobs.extent(x_loop)

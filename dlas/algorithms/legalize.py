@@ -24,7 +24,7 @@ from tvm import relax, te
 from tvm.ir import Expr
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from . import im2col_gemm, spatial_pack, winograd
+from . import im2col_gemm, linear, spatial_pack, winograd  # noqa: F401 - linear: its schedule
 from .common import Conv2dSpec
 from .direct import conv2d_direct
 from .schedule import target_lanes
@@ -46,6 +46,7 @@ class Options:
     block_size: int
     fallback: str
     per_layer: tuple[str, ...] = ()  # algorithm="best": the algorithm of each conv, in order
+    plain_layouts: bool = False  # compiler.schedule=none: the loop nests' own layouts
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,10 @@ class _Legalizer(PyExprMutator):
         out_dtype: str,
     ) -> relax.Expr:
         bb = self.builder_
+        # One vector of output channels per packed block, or none for the plain loop nests
+        # (their innermost loop is the reduction: contiguous along K, 8-wide spatial pack).
+        plain = self.opts.plain_layouts
+        lanes = 8 if plain else target_lanes(out_dtype)
 
         def emit(name: str, compute: Callable[..., te.Tensor], *args: relax.Expr) -> relax.Expr:
             return bb.call_te(compute, data, *args, primfunc_name_hint=f"conv2d_{name}")
@@ -240,7 +245,12 @@ class _Legalizer(PyExprMutator):
             return emit(
                 f"im2col_{fmt}",
                 lambda x, d, i, p: conv2d_sparse(
-                    x, SparseTensors(d, i, p, max_row, spec.reduction), spec, out_dtype, fmt
+                    x,
+                    SparseTensors(d, i, p, max_row, spec.reduction),
+                    spec,
+                    out_dtype,
+                    fmt,
+                    pixels_contiguous=not plain,
                 ),
                 *arrays,
             )
@@ -252,12 +262,11 @@ class _Legalizer(PyExprMutator):
                 lambda x, k: im2col_gemm.conv2d_im2col_gemm(x, k, spec, out_dtype),
                 relax.const(
                     im2col_gemm.gemm_weight(
-                        weight, im2col_gemm.panel_width(spec.out_channels, target_lanes(out_dtype))
+                        weight, 1 if plain else im2col_gemm.panel_width(spec.out_channels, lanes)
                     )
                 ),
             )
         if choice.algorithm == "spatial_pack":
-            lanes = target_lanes(out_dtype)
             packed = spatial_pack.pack_kernel(weight, spatial_pack.tile_sizes(spec, lanes)[2])
             return emit(
                 "spatial_pack",
@@ -268,8 +277,10 @@ class _Legalizer(PyExprMutator):
             m = winograd.tile_size(spec)
             return emit(
                 f"winograd_{m}x{m}",
-                lambda x, u: winograd.conv2d_winograd(x, u, spec, out_dtype, m),
-                relax.const(winograd.transform_weight(weight, m)),
+                lambda x, u: winograd.conv2d_winograd(
+                    x, u, spec, out_dtype, m, channels_last=not plain
+                ),
+                relax.const(winograd.transform_weight(weight, m, channels_last=not plain)),
             )
         raise AssertionError(f"unhandled algorithm {choice.algorithm!r}")
 

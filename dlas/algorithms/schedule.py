@@ -28,7 +28,7 @@ from tvm.s_tir.schedule import LoopRV, SBlockRV
 #: Anchor block name -> the schedule of the layer-4 compute that produces it. Filled where
 #: each schedule is defined (``@schedules_anchor("conv2d_direct")``), read by the compiler
 #: layer's default-schedule pass and by its MetaSchedule search space.
-ANCHORS: dict[str, Callable[[Schedule, Knobs], None]] = {}
+ANCHORS: dict[str, Callable[[Schedule, SBlockRV, Knobs], None]] = {}
 #: Producer stages (before the anchor) that an anchor's schedule handles itself; every
 #: other producer (padding, packing, im2col) gets the generic :func:`schedule_stage`.
 OWN_STAGES: set[str] = set()
@@ -36,7 +36,8 @@ OWN_STAGES: set[str] = set()
 
 def schedules_anchor(name: str, owns: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
     """Register a schedule for the kernels whose anchor (main compute) block is ``name``
-    (and which schedules the producer stages ``owns`` itself)."""
+    (and which schedules the producer stages ``owns`` itself). It is called with the
+    schedule, the anchor block and the knobs."""
 
     def register(fn: Callable) -> Callable:
         ANCHORS[name] = fn
@@ -326,6 +327,9 @@ class Tile:
     default: int
     max_inner: int | None = None
     vector: bool = False
+    #: vector tiles wider than one register: the inner loop is split again into
+    #: (unrolled registers, ``lanes``), as a GEMV's row segment of several vectors
+    lanes: int | None = None
 
 
 def tile_anchor(
@@ -366,6 +370,9 @@ def tile_anchor(
         else:
             o, n = knobs.split(loop, tile.default, tile.max_inner)
         outer[i] = o
+        if tile.vector and tile.lanes and not knobs.tunable and knobs.extent(n) > tile.lanes:
+            mid, n = sch.split(n, factors=[None, largest_divisor(knobs.extent(n), tile.lanes)])
+            inner.append(mid)
         if tile.vector:
             vector = n
         else:

@@ -8,11 +8,12 @@ adjacent in memory (one vector load), and the input is repacked per tile window 
 ``(N, OH/VH, OW/VW, C, win_h, win_w)`` so that a tile reads one contiguous block.
 
 Tile sizes (the data layout, so fixed at legalization from the target, as TOPI's fallback
-config did): VC is the largest divisor of O up to one vector (16 fp32 lanes on AVX-512,
-8 on AVX2); VW the largest of 8, 4, 2, 1 dividing OW; VH 2 if it divides OH, else 1.
-Divisors keep the compute free of tail handling. The schedule keeps the VH x VW x VC
-tile in registers across the whole reduction; a tuner searches its unrolling and the
-order of the outer loops.
+config did): VC is the largest of 16, 8, 4, 2, 1 that divides O and fits one vector (16
+fp32 lanes on AVX-512, 8 on AVX2; 8 for the plain loop nests of
+``compiler.schedule=none``); VW the largest of 8, 4, 2, 1 dividing OW; VH 2 if it divides
+OH, else 1. Divisors keep the compute free of tail handling. The schedule keeps the
+VH x VW x VC tile in registers across the whole reduction; a tuner searches its
+unrolling.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from __future__ import annotations
 import numpy as np
 from tvm import te
 from tvm.s_tir import Schedule
+from tvm.s_tir.schedule import SBlockRV
 
 from .common import Conv2dSpec, as_dtype, pad_nchw
-from .schedule import Knobs, Tile, get_block, largest_divisor, schedules_anchor, tile_anchor
+from .schedule import Knobs, Tile, schedules_anchor, tile_anchor
 
 
 def _largest_divisor(n: int, choices: tuple[int, ...]) -> int:
@@ -34,7 +36,7 @@ def tile_sizes(spec: Conv2dSpec, lanes: int = 8) -> tuple[int, int, int]:
     return (
         _largest_divisor(spec.out_height, (2, 1)),
         _largest_divisor(spec.out_width, (8, 4, 2, 1)),
-        largest_divisor(spec.out_channels, lanes),
+        _largest_divisor(spec.out_channels, tuple(c for c in (16, 8, 4, 2, 1) if c <= lanes)),
     )
 
 
@@ -85,9 +87,8 @@ def conv2d_spatial_pack(
 
 
 @schedules_anchor("conv_packed")
-def schedule_spatial_pack(sch: Schedule, knobs: Knobs) -> None:
+def schedule_spatial_pack(sch: Schedule, block: SBlockRV, knobs: Knobs) -> None:
     """The packed layout's own tile, TOPI x86 style: loops (n, co, h, w | rc, ry, rx |
     vh, vw, vc), vh and vw unrolled, vc one vector of packed kernel; the outer tile loops
     run in parallel, the unpacking and epilogue follow each tile."""
-    block = get_block(sch, "conv_packed")
     tile_anchor(sch, block, knobs, [Tile(4, 0), Tile(5, 0), Tile(6, 0, vector=True)])

@@ -28,6 +28,7 @@ from dlas.algorithms.schedule import (
     OWN_STAGES,
     Knobs,
     ScheduleError,
+    get_block,
     is_scheduled,
     root_blocks,
     schedule_stage,
@@ -62,7 +63,7 @@ def apply_schedule(sch: s_tir.Schedule, target: tvm.target.Target, tunable: bool
             schedule_stage(sch, block, knobs)
     if anchor is not None:
         try:
-            ANCHORS[anchor](sch, knobs)
+            ANCHORS[anchor](sch, get_block(sch, anchor), knobs)
         except ScheduleError:
             raise
         except Exception as err:  # a schedule primitive refused the layer

@@ -110,10 +110,17 @@ class _Algorithms:
     ``name`` overrides the configured algorithm (one candidate of ``best``); ``per_layer``
     is ``best``'s choice, one algorithm per conv layer."""
 
-    def __init__(self, cfg: Any, name: str | None = None, per_layer: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        name: str | None = None,
+        per_layer: Sequence[str] = (),
+        schedule: str = "default",
+    ) -> None:
         self.cfg = cfg
         self.name = name or (cfg.name if cfg is not None else "direct")
         self.per_layer = list(per_layer)
+        self.plain_layouts = schedule == "none"
         self.records: list[dict[str, Any]] = []
 
     def pass_(self) -> tvm.transform.Pass:
@@ -129,6 +136,7 @@ class _Algorithms:
                 block_size=self.cfg.block_size,
                 fallback=self.cfg.fallback,
                 per_layer=self.per_layer,
+                plain_layouts=self.plain_layouts,
             )
             return mod
 
@@ -336,7 +344,7 @@ def _choose_per_layer(
     from dlas.compiler import per_layer
 
     def lower(name: str) -> tuple[tvm.IRModule, list[dict]]:
-        algorithms = _Algorithms(cfg, name=name)
+        algorithms = _Algorithms(cfg, name=name, schedule=tuning.schedule)
         with device.compile_target:
             lowered = _run(kernel_passes(algorithms), mod, quiet=True)
         return lowered, algorithms.records
@@ -386,7 +394,7 @@ def build(
             )
         chosen, costs, database = _choose_per_layer(mod, algorithm_cfg, device, tuning)
         names.append("choose_algorithm_per_layer")
-    algorithms = _Algorithms(algorithm_cfg, per_layer=chosen)
+    algorithms = _Algorithms(algorithm_cfg, per_layer=chosen, schedule=schedule)
     kernels = kernel_passes(algorithms)
     with target:
         mod = _run(kernels, mod)
