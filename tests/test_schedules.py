@@ -264,3 +264,59 @@ def test_tuning_measures_the_default_first_and_never_loses_to_it(tmp_path: Path)
         outputs.append(vm["main"](tvm.runtime.tensor(x.numpy()))[0].numpy())
     np.testing.assert_array_equal(outputs[0], outputs[1])
     np.testing.assert_allclose(outputs[0], model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def int8_conv_module(weight: np.ndarray, stride: int) -> tvm.IRModule:
+    """uint8 x int8 -> int32 conv with a float requantize epilogue, as the int8 route
+    (dlas.compiler.int8) emits it."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, weight.shape[1], 9, 9), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            acc = bb.emit(
+                relax.op.nn.conv2d(
+                    x, relax.const(weight), strides=stride, padding=1, out_dtype="int32"
+                )
+            )
+            real = bb.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(0.01)))
+            out = bb.emit_output(bb.emit(relax.op.nn.relu(real)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def int8_build(weight: np.ndarray, stride: int, algorithm: str, schedule: bool, target):
+    from dlas.algorithms import legalize_convs
+
+    t = relax.transform
+    with target:
+        mod, records = legalize_convs(int8_conv_module(weight, stride), algorithm)
+        mod = t.FuseTIR()(t.FuseOps()(t.AnnotateTIROpPattern()(t.LegalizeOps()(mod))))
+        if schedule:
+            mod = default_schedules(target)(mod)
+    return tvm.compile(mod, target=target), records
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_int8_spatial_pack_uses_vnni_and_is_bit_exact(stride: int) -> None:
+    """On an AVX-512 VNNI target the int8 spatial pack is one vpdpbusd per 16 output x 4
+    input channels (input channels padded from 20 to 24); its integers are exactly the
+    plain loop nest's."""
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-128, 128, (32, 20, 3, 3), dtype=np.int8)
+    x = rng.integers(0, 256, (1, 20, 9, 9), dtype=np.uint8)
+    vnni = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
+    packed, records = int8_build(weight, stride, "spatial_pack", True, vnni)
+    assert records[0]["kernel"] == "conv2d_spatial_pack_vnni"
+    assert "vpdpbusd" in "".join(m.inspect_source("s") for m in packed.mod.imports)
+    avx2 = tvm.target.Target(AVX2)  # no VNNI: the plain int32 spatial pack
+    assert int8_build(weight, stride, "spatial_pack", True, avx2)[1][0]["kernel"] == (
+        "conv2d_spatial_pack"
+    )
+    if not host_has("avx512_vnni"):
+        pytest.skip("host has no AVX-512 VNNI: compiled, not run")
+    plain, _ = int8_build(weight, stride, "direct", False, vnni)
+    outputs = []
+    for executable in (plain, packed):
+        vm = relax.VirtualMachine(executable, tvm.cpu())
+        outputs.append(vm["main"](tvm.runtime.tensor(x)).numpy())
+    np.testing.assert_array_equal(outputs[1], outputs[0])

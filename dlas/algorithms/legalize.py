@@ -27,7 +27,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from . import im2col_gemm, linear, spatial_pack, winograd  # noqa: F401 - linear: its schedule
 from .common import Conv2dSpec
 from .direct import conv2d_direct
-from .schedule import target_lanes
+from .schedule import target_has, target_lanes
 from .sparse import SparseTensors, conv2d_sparse, dense_sparse, sparsity, to_bsr, to_csr
 
 _CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
@@ -265,6 +265,14 @@ class _Legalizer(PyExprMutator):
                         weight, 1 if plain else im2col_gemm.panel_width(spec.out_channels, lanes)
                     )
                 ),
+            )
+        if choice.algorithm == "spatial_pack" and spatial_pack.vnni_applicable(
+            spec, str(data.ty.dtype), str(weight.dtype), not plain and target_has("avx512vnni")
+        ):
+            return emit(
+                "spatial_pack_vnni",
+                lambda x, k: spatial_pack.conv2d_spatial_pack_vnni(x, k, spec, out_dtype),
+                relax.const(spatial_pack.pack_kernel_vnni(weight)),
             )
         if choice.algorithm == "spatial_pack":
             packed = spatial_pack.pack_kernel(weight, spatial_pack.tile_sizes(spec, lanes)[2])

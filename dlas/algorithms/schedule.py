@@ -80,6 +80,12 @@ def target_lanes(dtype: str) -> int:
     return max(1, bits // tvm.runtime.DataType(dtype).bits)
 
 
+def target_has(feature: str) -> bool:
+    """Whether the target being compiled for (``with target:``) has an ISA feature."""
+    target = tvm.target.Target.current(allow_none=True)
+    return target is not None and has_feature(target, feature)
+
+
 def has_feature(target: tvm.target.Target, feature: str) -> bool:
     from tvm.target.codegen import target_has_features
 

@@ -35,6 +35,17 @@ from dlas.algorithms.schedule import (
 )
 
 
+def narrow_indices(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """The kernel with int32 loop and buffer indices where its sizes allow (Relax shapes are
+    int64): TVM's tensor intrinsics (``dot_16x4_vnni``) are written with int32 indices, and
+    ``tensorize`` matches regions by their index type."""
+    mod = tvm.IRModule({"main": func})
+    try:
+        return tvm.tirx.transform.ForceNarrowIndexToInt32()(mod)["main"]
+    except tvm.TVMError:  # a size beyond int32, or an int64 buffer the pass refuses
+        return func
+
+
 def anchor_of(sch: s_tir.Schedule) -> str | None:
     """The name of the kernel's layer-4 anchor block, if it has one."""
     names = {sch.get(block).name_hint for block in root_blocks(sch)}
@@ -87,7 +98,7 @@ def default_schedules(target: tvm.target.Target | None = None) -> tvm.transform.
             if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
                 continue
             try:
-                sch = schedule_kernel(func, tgt)
+                sch = schedule_kernel(narrow_indices(func), tgt)
             except ScheduleError as err:
                 raise ScheduleError(f"kernel {gvar.name_hint}: {err}") from err
             updates[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
