@@ -19,7 +19,11 @@ from tvm import relax  # noqa: E402
 from dlas.algorithms import ALGORITHMS  # noqa: E402
 from dlas.algorithms.schedule import ANCHORS, ScheduleError, vector_bits  # noqa: E402
 from dlas.compiler import SCHEDULES, check_schedule, tvm_relax  # noqa: E402
-from dlas.compiler.default_schedule import default_schedules, schedule_kernel  # noqa: E402
+from dlas.compiler.default_schedule import (  # noqa: E402
+    default_schedules,
+    narrow_indices,
+    schedule_kernel,
+)
 
 AVX512 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}
 AVX2 = {"kind": "llvm", "mcpu": "x86-64-v3", "num-cores": 2}
@@ -292,7 +296,7 @@ def int8_build(weight: np.ndarray, stride: int, algorithm: str, schedule: bool, 
         mod, records = legalize_convs(int8_conv_module(weight, stride), algorithm)
         mod = t.FuseTIR()(t.FuseOps()(t.AnnotateTIROpPattern()(t.LegalizeOps()(mod))))
         if schedule:
-            mod = default_schedules(target)(mod)
+            mod = default_schedules(target)(narrow_indices()(mod))
     return tvm.compile(mod, target=target), records
 
 

@@ -35,17 +35,6 @@ from dlas.algorithms.schedule import (
 )
 
 
-def narrow_indices(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """The kernel with int32 loop and buffer indices where its sizes allow (Relax shapes are
-    int64): TVM's tensor intrinsics (``dot_16x4_vnni``) are written with int32 indices, and
-    ``tensorize`` matches regions by their index type."""
-    mod = tvm.IRModule({"main": func})
-    try:
-        return tvm.tirx.transform.ForceNarrowIndexToInt32()(mod)["main"]
-    except tvm.TVMError:  # a size beyond int32, or an int64 buffer the pass refuses
-        return func
-
-
 def anchor_of(sch: s_tir.Schedule) -> str | None:
     """The name of the kernel's layer-4 anchor block, if it has one."""
     names = {sch.get(block).name_hint for block in root_blocks(sch)}
@@ -84,6 +73,31 @@ def apply_schedule(sch: s_tir.Schedule, target: tvm.target.Target, tunable: bool
             ) from err
 
 
+def narrow_indices() -> tvm.transform.Pass:
+    """Every kernel with int32 loop and buffer indices where its sizes allow (Relax shapes
+    are int64): TVM's tensor intrinsics (``vpdpbusd``) are written with int32 indices, and
+    ``tensorize`` matches regions by their index type. Runs before tuning, so tuned and
+    default schedules see the same kernels."""
+
+    @tvm.transform.module_pass(opt_level=0, name="narrow_indices")
+    def apply(mod: tvm.IRModule, _ctx: object) -> tvm.IRModule:
+        updates = {}
+        for gvar, func in mod.functions_items():
+            if isinstance(func, tirx.PrimFunc):
+                try:
+                    narrowed = tvm.tirx.transform.ForceNarrowIndexToInt32()(
+                        tvm.IRModule({"main": func})
+                    )["main"]
+                except tvm.TVMError:  # a size beyond int32: keep int64
+                    continue
+                updates[gvar] = narrowed
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+    return apply
+
+
 def default_schedules(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
     """The pass: every kernel not yet scheduled (e.g. by a tuning database) gets its
     default schedule; a schedule that cannot apply fails naming the kernel."""
@@ -98,7 +112,7 @@ def default_schedules(target: tvm.target.Target | None = None) -> tvm.transform.
             if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
                 continue
             try:
-                sch = schedule_kernel(narrow_indices(func), tgt)
+                sch = schedule_kernel(func, tgt)
             except ScheduleError as err:
                 raise ScheduleError(f"kernel {gvar.name_hint}: {err}") from err
             updates[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)

@@ -165,9 +165,12 @@ def graph_passes(dtype: str) -> list[tuple[str, tvm.transform.Pass]]:
 
 
 def kernel_passes(algorithms: _Algorithms) -> list[tuple[str, tvm.transform.Pass]]:
-    """Layer 4, then TVM's lowering of the other ops and the fusion into kernels."""
+    """Layer 4, then TVM's lowering of the other ops and the fusion into kernels (with
+    int32 indices for the scheduled kernels, which tensor intrinsics need)."""
+    from dlas.compiler.default_schedule import narrow_indices
+
     t = relax.transform
-    return [
+    steps = [
         ("layer4_algorithms", algorithms.pass_()),
         ("legalize", t.LegalizeOps()),
         ("annotate_op_patterns", t.AnnotateTIROpPattern()),
@@ -175,6 +178,9 @@ def kernel_passes(algorithms: _Algorithms) -> list[tuple[str, tvm.transform.Pass
         ("fuse_ops", t.FuseOps()),
         ("fuse_tir", t.FuseTIR()),
     ]
+    if not algorithms.plain_layouts:
+        steps.append(("narrow_indices", narrow_indices()))
+    return steps
 
 
 def _run(
