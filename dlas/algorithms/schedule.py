@@ -17,6 +17,7 @@ and the outer loops are fused and run in parallel over the target's cores.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -204,13 +205,31 @@ def inline_epilogue(sch: Schedule, anchor: SBlockRV) -> SBlockRV | None:
     return last
 
 
-def fuse_epilogue(sch: Schedule, epilogue: SBlockRV | None, at: LoopRV, lanes: int) -> None:
+def fuse_epilogue(
+    sch: Schedule, epilogue: SBlockRV | None, at: LoopRV, knobs: Knobs, anchor: SBlockRV
+) -> None:
     """Compute the epilogue tile right after the accumulator tile it reads (under loop
-    ``at``), while it is still in cache, and vectorize its innermost loop."""
+    ``at``), while it is still in cache, and vectorize its innermost loop.
+
+    Elementwise side inputs of the epilogue computed in the same kernel (an int8 residual
+    dequantized before it is added) are inlined into it first, so the tile computes them
+    too. One that cannot be (it feeds other blocks too) leaves the epilogue as a stage of
+    its own after the nest, with the generic parallel, vectorized schedule.
+    """
     if epilogue is None:
         return
-    sch.reverse_compute_at(epilogue, at, preserve_unit_loops=True)
-    vectorize_inner(sch, epilogue, lanes)
+    name = sch.get(anchor).name_hint
+    for producer in sch.get_producers(epilogue):
+        if sch.get(producer).name_hint != name and is_elementwise(sch, producer):
+            with contextlib.suppress(Exception):  # a failed primitive changes nothing
+                sch.compute_inline(producer)
+    try:
+        sch.reverse_compute_at(epilogue, at, preserve_unit_loops=True)
+    except Exception:  # noqa: BLE001 - a producer outside the tile: not fusable
+        schedule_stage(sch, epilogue, knobs)
+        return
+    dtype = str(sch.get(epilogue).writes[0].source.dtype)
+    vectorize_inner(sch, epilogue, knobs.lanes(dtype))
 
 
 def vectorize_inner(sch: Schedule, block: SBlockRV, lanes: int) -> None:
@@ -406,8 +425,7 @@ def tile_anchor(
             sch.compute_inline(write_back)
         else:
             epilogue = write_back
-    dtype = str(stmt.writes[0].source.dtype)
-    fuse_epilogue(sch, epilogue, at, knobs.lanes(dtype))
+    fuse_epilogue(sch, epilogue, at, knobs, anchor)
     if reduction:
         sch.decompose_reduction(anchor, reduction[0])
     return at

@@ -199,7 +199,7 @@ def schedule_spatial_pack_vnni(sch: Schedule, block: SBlockRV, knobs: Knobs) -> 
         sch.compute_inline(write_back)
     else:
         epilogue = write_back
-    fuse_epilogue(sch, epilogue, at, knobs.lanes("int32"))
+    fuse_epilogue(sch, epilogue, at, knobs, block)
     init = sch.decompose_reduction(block, rcb)
     sch.vectorize(sch.get_loops(init)[-1])
     step = knobs.unroll_step()
