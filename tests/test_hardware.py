@@ -6,8 +6,12 @@ The RPC test starts TVM's own tracker and server (child processes, free ports on
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -121,6 +125,51 @@ def test_set_threads_reaches_tvm_and_torch(monkeypatch: pytest.MonkeyPatch) -> N
         set_threads(before)
     with pytest.raises(ValueError, match="threads=-1"):
         set_threads(-1)
+
+
+_ONE_CORE_CHILD = """
+import json, os, torch, tvm
+from dlas.hardware import get_device, set_threads
+from dlas.hardware.threads import timing_cores
+from dlas.stack import resolve_threads
+print(json.dumps({
+    "mask": sorted(os.sched_getaffinity(0)),
+    "resolve_threads": resolve_threads(0),
+    "device": get_device("cpu").threads,
+    "set_threads": set_threads(0),
+    "torch": torch.get_num_threads(),
+    "torch_interop": torch.get_num_interop_threads(),
+    "tvm": tvm.runtime.num_threads(),
+    "timing_cores": timing_cores(0),
+}))
+"""
+
+
+def test_one_core_affinity_gives_every_runtime_one_thread() -> None:
+    """As under ``taskset -c <core>`` or a container limited to one CPU: the machine has
+    more cores, this process may use one, and torch, TVM and the logged ``threads`` agree."""
+    core = max(os.sched_getaffinity(0))
+    out = subprocess.run(
+        [sys.executable, "-c", _ONE_CORE_CHILD],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+        env={k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {
+        "mask": [core],
+        "resolve_threads": 1,
+        "device": 1,
+        "set_threads": 1,
+        "torch": 1,
+        "torch_interop": 1,
+        "tvm": 1,
+        "timing_cores": [core],
+    }
 
 
 # ------------------------------------------------------------------------------- rpc
