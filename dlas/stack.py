@@ -207,6 +207,7 @@ def deploy_and_log(
             Path(cfg.compiler.work_dir),
         )
         mlflow.log_params(result.params)
+        mlflow.set_tags(result.tags)
         mlflow.log_metrics(result.metrics | footprint)
         mlflow.log_dict({"layers": result.layers}, "layers.json")
         mlflow.log_artifact(str(result.artifact), "compiled")
