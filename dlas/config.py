@@ -159,6 +159,7 @@ class MeasureConf:
     retries: int = 2
     strict: bool = False
     load_probe_s: float = 0.5  # seconds of reading the cores' load before each attempt
+    retry_wait_s: float = 2.0  # pause before the first retry, doubled before each next one
     # More compilers verified and timed in the same run as compiler=, next to the same eager
     # reference: logged as <compiler>/latency_ms_median, <compiler>/speedup_vs_torch, ...
     compare: list[str] = field(default_factory=list)

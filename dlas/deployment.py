@@ -101,8 +101,9 @@ def check_measure(m: Any) -> NoisePolicy:
     """The timing protocol's knobs, checked before anything runs."""
     if m.rounds < 1:
         raise ValueError(f"measure.rounds={m.rounds} must be >= 1")
-    if m.load_probe_s < 0:
-        raise ValueError(f"measure.load_probe_s={m.load_probe_s} must be >= 0")
+    for key in ("load_probe_s", "retry_wait_s"):
+        if m[key] < 0:
+            raise ValueError(f"measure.{key}={m[key]} must be >= 0")
     return NoisePolicy.from_config(m).check()
 
 
@@ -363,6 +364,7 @@ def deploy(
                 rounds=m.rounds,
                 policy=NoisePolicy.from_config(m),
                 probe_s=m.load_probe_s,
+                retry_wait_s=m.retry_wait_s,
             )
     for compiler, result in results.items():
         result.latency = timing.latencies[compiler]

@@ -148,6 +148,7 @@ def test_strict_fails_a_point_timed_on_a_busy_machine(tmp_path: Path, cache: str
         ("measure.max_cpu_load=2", r"measure.max_cpu_load=2.0 must be in \[0, 1\]"),
         ("measure.retries=-1", "measure.retries=-1 must be >= 0"),
         ("measure.load_probe_s=-1", "measure.load_probe_s=-1.0 must be >= 0"),
+        ("measure.retry_wait_s=-1", "measure.retry_wait_s=-1.0 must be >= 0"),
     ],
 )
 def test_bad_noise_settings_are_named_before_anything_runs(bad: str, message: str):

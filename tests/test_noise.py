@@ -168,12 +168,15 @@ def test_a_noisy_attempt_is_retried_and_a_quiet_one_kept() -> None:
     assert timing.latencies["tvm"].samples_ms == [2.0] * 4 and timing.cvs["pytorch"] == 0.0
 
 
-def test_noise_that_lasts_is_reported_after_the_retries() -> None:
+def test_noise_that_lasts_is_reported_after_the_retries(monkeypatch) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr("dlas.compiler.rounds.sleep", waits.append)
     calls: list[str] = []
-    policy = NoisePolicy(max_cv=0.1, max_cpu_load=1.0, retries=1)
-    workers = _workers([NOISY] * 4, [QUIET] * 4, calls)
-    timing = time_paired(workers, "pytorch", policy=policy, **SCRIPTED)
-    assert timing.attempts == 2 and len(calls) == 2 * 2 * 2  # attempts x rounds x runtimes
+    policy = NoisePolicy(max_cv=0.1, max_cpu_load=1.0, retries=2)
+    workers = _workers([NOISY] * 6, [QUIET] * 6, calls)
+    timing = time_paired(workers, "pytorch", policy=policy, retry_wait_s=1.5, **SCRIPTED)
+    assert timing.attempts == 3 and len(calls) == 3 * 2 * 2  # attempts x rounds x runtimes
+    assert waits == [1.5, 3.0]  # a pause before each retry, doubling
     assert timing.noisy == "latency CV 0.5 of pytorch > measure.max_cv 0.1"
     assert timing.cvs["pytorch"] == 0.5  # [1, 3, 1, 3]: std 1 / mean 2
 

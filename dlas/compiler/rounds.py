@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from time import sleep
 
 import numpy as np
 
@@ -125,9 +126,12 @@ def time_paired(
     rounds: int,
     policy: NoisePolicy,
     probe_s: float = 0.5,
+    retry_wait_s: float = 0.0,
 ) -> Timing:
     """Time every worker in alternating rounds, ``1 + policy.retries`` attempts at most
-    (stopping at the first quiet one), and keep the quietest attempt.
+    (stopping at the first quiet one), and keep the quietest attempt. Before retry ``i``
+    it waits ``retry_wait_s * 2**(i-1)`` seconds, so a neighbour's burst (a compile, a
+    test) has a chance to pass instead of spoiling every attempt in a row.
 
     ``reference`` names the worker every speedup is over (eager PyTorch). A kept attempt
     that is still noisy raises :class:`NoisyMeasurementError` under ``policy.strict``,
@@ -143,6 +147,8 @@ def time_paired(
     )
     attempts: list[Attempt] = []
     for i in range(1 + policy.retries):
+        if i > 0 and retry_wait_s > 0:
+            sleep(retry_wait_s * 2 ** (i - 1))
         attempt = _attempt(workers, cores, protocol, probe_s, policy)
         attempts.append(attempt)
         if not attempt.reasons:
