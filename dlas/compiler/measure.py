@@ -491,18 +491,10 @@ def run_tvm_module_batches(
     """Run an exported Relax module on each batch with one load (and, over RPC, one
     session and upload), e.g. to verify a compiled model on a test set; returns the single
     output of each batch."""
-    outputs: list[np.ndarray] = []
     if len(batches) == 0:
-        return outputs
+        return []
     with _LoadedVM(lib_path, [batches[0]], device) as loaded:
-        for batch in batches:
-            loaded.set_inputs([batch])
-            loaded.run()
-            result = loaded.outputs()
-            if len(result) != 1:
-                raise ValueError(f"{lib_path} returns {len(result)} outputs; expected 1")
-            outputs.append(result[0])
-    return outputs
+        return _verify_tvm(loaded, lib_path, batches)
 
 
 def _tvm_samples(loaded: _LoadedVM, warmup: int, repeat: int, number: int) -> list[float]:
@@ -515,21 +507,51 @@ def _tvm_samples(loaded: _LoadedVM, warmup: int, repeat: int, number: int) -> li
     return [float(s) * 1e3 for s in timer("main").results]
 
 
-def open_tvm(
-    lib_path: str, batches: Sequence[np.ndarray], example: np.ndarray, device: Device
-) -> Loaded:
-    """A :class:`Worker` setup: load the module once, return its output on each
-    verification batch, then keep it loaded with ``example`` set for timing rounds."""
-    loaded = _LoadedVM(lib_path, [batches[0] if len(batches) else example], device)
+def _verify_tvm(
+    loaded: _LoadedVM, lib_path: str, batches: Sequence[np.ndarray]
+) -> list[np.ndarray]:
     outputs: list[np.ndarray] = []
     for batch in batches:
         loaded.set_inputs([batch])
         loaded.run()
         result = loaded.outputs()
         if len(result) != 1:
-            loaded.__exit__()
             raise ValueError(f"{lib_path} returns {len(result)} outputs; expected 1")
         outputs.append(result[0])
+    return outputs
+
+
+def _remote_round(
+    lib_path: str, example: np.ndarray, device: Device, warmup: int, repeat: int, number: int
+) -> list[float]:
+    """One round on an RPC device in a session of its own (see :func:`open_tvm`)."""
+    with _LoadedVM(lib_path, _as_list(example), device) as loaded:
+        return _tvm_samples(loaded, warmup, repeat, number)
+
+
+def open_tvm(
+    lib_path: str, batches: Sequence[np.ndarray], example: np.ndarray, device: Device
+) -> Loaded:
+    """A :class:`Worker` setup: load the module once, return its output on each
+    verification batch, then keep it loaded with ``example`` set for timing rounds.
+
+    On an RPC device the worker holds no session between requests: a TVM RPC server
+    serves one session at a time, so a second worker (``measure.compare`` with two TVM
+    compilers) would wait for it forever. Each round then opens its own session
+    (uploading the library again); the timing itself runs on the board as before.
+    """
+    if device.is_remote:
+        with _LoadedVM(lib_path, [batches[0] if len(batches) else example], device) as loaded:
+            outputs = _verify_tvm(loaded, lib_path, batches)
+            threads = loaded.threads
+        timer = functools.partial(_remote_round, lib_path, example, device)
+        return Loaded(outputs, timer, 0.0, threads)
+    loaded = _LoadedVM(lib_path, [batches[0] if len(batches) else example], device)
+    try:
+        outputs = _verify_tvm(loaded, lib_path, batches)
+    except BaseException:
+        loaded.__exit__()
+        raise
     first = time.perf_counter()
     loaded.set_inputs(_as_list(example))
     loaded.run()  # first run on the timed input, untimed
