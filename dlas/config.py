@@ -131,6 +131,9 @@ class AlgorithmConf:
 @dataclass
 class CompilerConf:
     name: str = MISSING
+    # TVM only: default = each kernel's default schedule (dlas.algorithms; DLAS's "untuned"),
+    # none = TVM's plain loop nests (what dlas measured as untuned before schedules existed)
+    schedule: str = "default"
     trials: int = 0  # MetaSchedule trials in total (tvm_autoschedule); 0: tasks x per task
     trials_per_task: int = 0  # 0: no per-task cap
     tune_ops: list[str] = field(default_factory=lambda: ["conv2d", "matmul", "dense"])
@@ -170,6 +173,8 @@ class HardwareConf:
     name: str = MISSING
     threads: int = 0  # 0: every core of the host
     target: Any = None
+    # ISA presets (hardware=cpu_avx2, ...): what narrower CPU this target emulates, logged
+    emulates: str | None = None
     target_host: Any = None
     host: str | None = None
     port: int | None = None

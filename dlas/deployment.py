@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlas.compiler import TVM_COMPILERS, check_compiler
+from dlas.compiler import TVM_COMPILERS, check_compiler, check_schedule
 from dlas.compiler.baselines import open_baseline
 from dlas.compiler.measure import Latency, Worker, open_tvm
 from dlas.compiler.noise import NoisePolicy
@@ -63,6 +63,7 @@ def check_layers(cfg: Any) -> Device:
 
     main = cfg.compiler.name
     check_compiler(main)
+    check_schedule(cfg.compiler.schedule)
     for other in cfg.measure.compare:
         check_compiler(other)
         if other == "tvm_autoschedule" and main != other:
@@ -208,7 +209,9 @@ def compile_and_open(
         c = cfg.compiler
         tuning = tvm_relax.Tuning(c.trials, c.trials_per_task, tuning_root, tuple(c.tune_ops))
     example = torch.from_numpy(inputs.example)
-    built = tvm_relax.build(inputs.program, example, device, cfg.algorithm, out_dir, tuning)
+    built = tvm_relax.build(
+        inputs.program, example, device, cfg.algorithm, out_dir, tuning, cfg.compiler.schedule
+    )
     # Relax modules take float32 whatever they compute in (fp16 and int8 cast inside).
     with exclusive():
         outputs = worker.start(

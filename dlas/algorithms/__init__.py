@@ -99,6 +99,7 @@ def legalize_convs(
     block_size: int = 4,
     fallback: str = "direct",
     per_layer: Sequence[str] = (),
+    plain_layouts: bool = False,
 ) -> tuple[tvm.IRModule, list[dict]]:
     """Legalize every conv2d (and, for csr/bsr, every constant-weight linear) of ``mod``.
 
@@ -111,6 +112,12 @@ def legalize_convs(
 
     ``algorithm="best"`` takes the choice made per conv layer, in the order the records
     list them, from ``per_layer``.
+
+    ``plain_layouts``: the data layouts the schedule-less loop nests were designed around
+    (``compiler.schedule=none``: (O, K) GEMM weights, 8-channel spatial-pack blocks,
+    Winograd's (a, a, O, C), a (P, K) sparse column matrix), so their numbers reproduce;
+    otherwise the layouts the default schedules vectorize (one vector of output
+    channels or pixels contiguous, sized by the current target's lanes).
     """
     check_combination(algorithm, data_format, fallback)
     if algorithm == BEST and not per_layer:
@@ -126,6 +133,12 @@ def legalize_convs(
     from .legalize import Options, legalize
 
     opts = Options(
-        algorithm, data_format, sparsity_threshold, block_size, fallback, tuple(per_layer)
+        algorithm,
+        data_format,
+        sparsity_threshold,
+        block_size,
+        fallback,
+        tuple(per_layer),
+        plain_layouts,
     )
     return legalize(mod, opts)

@@ -24,9 +24,10 @@ from tvm import relax, te
 from tvm.ir import Expr
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from . import im2col_gemm, spatial_pack, winograd
+from . import im2col_gemm, linear, spatial_pack, winograd  # noqa: F401 - linear: its schedule
 from .common import Conv2dSpec
 from .direct import conv2d_direct
+from .schedule import target_has, target_lanes
 from .sparse import SparseTensors, conv2d_sparse, dense_sparse, sparsity, to_bsr, to_csr
 
 _CONV2D = tvm.ir.Op.get("relax.nn.conv2d")
@@ -45,6 +46,7 @@ class Options:
     block_size: int
     fallback: str
     per_layer: tuple[str, ...] = ()  # algorithm="best": the algorithm of each conv, in order
+    plain_layouts: bool = False  # compiler.schedule=none: the loop nests' own layouts
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,10 @@ class _Legalizer(PyExprMutator):
         out_dtype: str,
     ) -> relax.Expr:
         bb = self.builder_
+        # One vector of output channels per packed block, or none for the plain loop nests
+        # (their innermost loop is the reduction: contiguous along K, 8-wide spatial pack).
+        plain = self.opts.plain_layouts
+        lanes = 8 if plain else target_lanes(out_dtype)
 
         def emit(name: str, compute: Callable[..., te.Tensor], *args: relax.Expr) -> relax.Expr:
             return bb.call_te(compute, data, *args, primfunc_name_hint=f"conv2d_{name}")
@@ -239,7 +245,12 @@ class _Legalizer(PyExprMutator):
             return emit(
                 f"im2col_{fmt}",
                 lambda x, d, i, p: conv2d_sparse(
-                    x, SparseTensors(d, i, p, max_row, spec.reduction), spec, out_dtype, fmt
+                    x,
+                    SparseTensors(d, i, p, max_row, spec.reduction),
+                    spec,
+                    out_dtype,
+                    fmt,
+                    pixels_contiguous=not plain,
                 ),
                 *arrays,
             )
@@ -249,21 +260,35 @@ class _Legalizer(PyExprMutator):
             return emit(
                 "im2col_gemm",
                 lambda x, k: im2col_gemm.conv2d_im2col_gemm(x, k, spec, out_dtype),
-                relax.const(im2col_gemm.weight_matrix(weight)),
+                relax.const(
+                    im2col_gemm.gemm_weight(
+                        weight, 1 if plain else im2col_gemm.panel_width(spec.out_channels, lanes)
+                    )
+                ),
+            )
+        if choice.algorithm == "spatial_pack" and spatial_pack.vnni_applicable(
+            spec, str(data.ty.dtype), str(weight.dtype), not plain and target_has("avx512vnni")
+        ):
+            return emit(
+                "spatial_pack_vnni",
+                lambda x, k: spatial_pack.conv2d_spatial_pack_vnni(x, k, spec, out_dtype),
+                relax.const(spatial_pack.pack_kernel_vnni(weight)),
             )
         if choice.algorithm == "spatial_pack":
-            packed = spatial_pack.pack_kernel(weight, spatial_pack.tile_sizes(spec)[2])
+            packed = spatial_pack.pack_kernel(weight, spatial_pack.tile_sizes(spec, lanes)[2])
             return emit(
                 "spatial_pack",
-                lambda x, k: spatial_pack.conv2d_spatial_pack(x, k, spec, out_dtype),
+                lambda x, k: spatial_pack.conv2d_spatial_pack(x, k, spec, out_dtype, lanes),
                 relax.const(packed),
             )
         if choice.algorithm == "winograd":
             m = winograd.tile_size(spec)
             return emit(
                 f"winograd_{m}x{m}",
-                lambda x, u: winograd.conv2d_winograd(x, u, spec, out_dtype, m),
-                relax.const(winograd.transform_weight(weight, m)),
+                lambda x, u: winograd.conv2d_winograd(
+                    x, u, spec, out_dtype, m, channels_last=not plain
+                ),
+                relax.const(winograd.transform_weight(weight, m, channels_last=not plain)),
             )
         raise AssertionError(f"unhandled algorithm {choice.algorithm!r}")
 

@@ -36,9 +36,12 @@ from typing import NamedTuple
 import numpy as np
 from tvm import te, tirx
 from tvm.ir import Expr
+from tvm.s_tir import Schedule
+from tvm.s_tir.schedule import SBlockRV
 
 from .common import Conv2dSpec, as_dtype
 from .im2col_gemm import im2col
+from .schedule import Knobs, Tile, largest_divisor, schedules_anchor, tile_anchor
 
 # operand(k, output_index) -> the dense value multiplied by weight[o, k] for that output.
 Operand = Callable[[Expr, Sequence[Expr]], Expr]
@@ -170,13 +173,25 @@ def _kernel(fmt: str) -> Callable[..., te.Tensor]:
 
 
 def conv2d_sparse(
-    data: te.Tensor, weight: SparseTensors, spec: Conv2dSpec, out_dtype: str, fmt: str
+    data: te.Tensor,
+    weight: SparseTensors,
+    spec: Conv2dSpec,
+    out_dtype: str,
+    fmt: str,
+    pixels_contiguous: bool = True,
 ) -> te.Tensor:
-    """Sparse (O, K) weight times the dense im2col matrix, written straight to NCHW."""
-    col = im2col(data, spec)
+    """Sparse (O, K) weight times the dense im2col matrix, written straight to NCHW.
+
+    ``pixels_contiguous``: the column matrix as (K, P), so that one stored weight
+    multiplies a contiguous vector of output pixels (the scheduled kernel); else (P, K),
+    the plain loop nest's (each output's gathers stay inside one row)."""
+    col = im2col(data, spec, transposed=pixels_contiguous)
     out_w = spec.out_width
     shape = (data.shape[0], spec.out_channels, spec.out_height, out_w)
-    operand: Operand = lambda k, idx: col[idx[0], idx[2] * out_w + idx[3], k]  # noqa: E731
+    if pixels_contiguous:
+        operand: Operand = lambda k, idx: col[idx[0], k, idx[2] * out_w + idx[3]]  # noqa: E731
+    else:
+        operand = lambda k, idx: col[idx[0], idx[2] * out_w + idx[3], k]  # noqa: E731
     return _kernel(fmt)(weight, shape, 1, operand, out_dtype, f"conv2d_{fmt}")
 
 
@@ -187,3 +202,26 @@ def dense_sparse(
     shape = (*x.shape[:-1], out_features)
     operand: Operand = lambda k, idx: x[(*idx[:-1], k)]  # noqa: E731
     return _kernel(fmt)(weight, shape, len(shape) - 1, operand, out_dtype, f"dense_{fmt}")
+
+
+@schedules_anchor("conv2d_csr")
+@schedules_anchor("conv2d_bsr")
+def schedule_sparse_conv(sch: Schedule, block: SBlockRV, knobs: Knobs) -> None:
+    """Each stored weight (or block row) times a vector of output pixels: loops
+    (n, o, y, x | j [, c]) with x in a vector (the (K, P) column matrix makes it one
+    contiguous load) and a few rows of the map in registers; each output channel's row
+    pointer and indices are read once per tile and reused across its pixels. Output
+    channels run in parallel (their rows differ in length: the balance is the sparsity's)."""
+    lanes = knobs.lanes(str(sch.get(block).writes[0].source.dtype))
+    _, _, y_loop, x_loop, *_ = sch.get_loops(block)
+    width = knobs.extent(x_loop)
+    vector = largest_divisor(width, lanes)
+    rows = largest_divisor(
+        knobs.extent(y_loop), max(1, knobs.accumulators() * lanes // vector // 4)
+    )
+    tile_anchor(
+        sch,
+        block,
+        knobs,
+        [Tile(2, rows, max_inner=8), Tile(3, vector, max_inner=lanes, vector=True)],
+    )

@@ -12,6 +12,9 @@ from dlas.compiler.baselines import BASELINES
 
 TVM_COMPILERS = ("tvm_untuned", "tvm_autoschedule")
 COMPILERS = TVM_COMPILERS + BASELINES
+#: ``compiler.schedule`` (TVM): ``default`` = each kernel's default schedule (DLAS's
+#: "untuned"); ``none`` = TVM's plain loop nests (dlas's "untuned" before schedules).
+SCHEDULES = ("default", "none")
 
 
 def check_compiler(name: str) -> None:
@@ -19,4 +22,18 @@ def check_compiler(name: str) -> None:
         raise ValueError(f"unknown compiler {name!r}; valid choices: {', '.join(COMPILERS)}")
 
 
-__all__ = ["BASELINES", "COMPILERS", "TVM_COMPILERS", "check_compiler"]
+def check_schedule(name: str) -> None:
+    if name not in SCHEDULES:
+        raise ValueError(
+            f"unknown compiler.schedule {name!r}; valid choices: {', '.join(SCHEDULES)}"
+        )
+
+
+__all__ = [
+    "BASELINES",
+    "COMPILERS",
+    "SCHEDULES",
+    "TVM_COMPILERS",
+    "check_compiler",
+    "check_schedule",
+]

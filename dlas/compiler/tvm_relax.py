@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,10 @@ class Tuning:
     trials_per_task: int
     root: Path
     ops: tuple[str, ...] = TUNED_OPS
+    #: ``default``: the search space includes our templates and each task's default schedule
+    #: is measured and committed first (tuned is never slower than untuned); ``none``:
+    #: MetaSchedule's generic space alone, the rest plain loop nests (dlas before schedules).
+    schedule: str = "default"
 
 
 @dataclass
@@ -106,10 +110,17 @@ class _Algorithms:
     ``name`` overrides the configured algorithm (one candidate of ``best``); ``per_layer``
     is ``best``'s choice, one algorithm per conv layer."""
 
-    def __init__(self, cfg: Any, name: str | None = None, per_layer: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        name: str | None = None,
+        per_layer: Sequence[str] = (),
+        schedule: str = "default",
+    ) -> None:
         self.cfg = cfg
         self.name = name or (cfg.name if cfg is not None else "direct")
         self.per_layer = list(per_layer)
+        self.plain_layouts = schedule == "none"
         self.records: list[dict[str, Any]] = []
 
     def pass_(self) -> tvm.transform.Pass:
@@ -125,6 +136,7 @@ class _Algorithms:
                 block_size=self.cfg.block_size,
                 fallback=self.cfg.fallback,
                 per_layer=self.per_layer,
+                plain_layouts=self.plain_layouts,
             )
             return mod
 
@@ -153,9 +165,12 @@ def graph_passes(dtype: str) -> list[tuple[str, tvm.transform.Pass]]:
 
 
 def kernel_passes(algorithms: _Algorithms) -> list[tuple[str, tvm.transform.Pass]]:
-    """Layer 4, then TVM's lowering of the other ops and the fusion into kernels."""
+    """Layer 4, then TVM's lowering of the other ops and the fusion into kernels (with
+    int32 indices for the scheduled kernels, which tensor intrinsics need)."""
+    from dlas.compiler.default_schedule import narrow_indices
+
     t = relax.transform
-    return [
+    steps = [
         ("layer4_algorithms", algorithms.pass_()),
         ("legalize", t.LegalizeOps()),
         ("annotate_op_patterns", t.AnnotateTIROpPattern()),
@@ -163,6 +178,9 @@ def kernel_passes(algorithms: _Algorithms) -> list[tuple[str, tvm.transform.Pass
         ("fuse_ops", t.FuseOps()),
         ("fuse_tir", t.FuseTIR()),
     ]
+    if not algorithms.plain_layouts:
+        steps.append(("narrow_indices", narrow_indices()))
+    return steps
 
 
 def _run(
@@ -237,7 +255,12 @@ def tune(mods: list[tvm.IRModule], target: tvm.target.Target, tuning: Tuning) ->
     from dlas.hardware.cores import exclusive
 
     key = config_hash(
-        {"workload": workload_hash(mods), "target": str(target), "ops": list(tuning.ops)}
+        {
+            "workload": workload_hash(mods),
+            "target": str(target),
+            "ops": list(tuning.ops),
+            "schedule": tuning.schedule,
+        }
     )
     work_dir = tuning.root / key
     state_file = work_dir / "dlas_tuning.json"
@@ -257,7 +280,7 @@ def tune(mods: list[tvm.IRModule], target: tvm.target.Target, tuning: Tuning) ->
         work_dir,
     )
     with exclusive():  # candidates are timed as they are found: nothing else may run
-        tune_s = _tune_tasks(tasks, work_dir, trials, tuning.trials_per_task)
+        tune_s = _tune_tasks(tasks, work_dir, trials, tuning)
     state_file.write_text(json.dumps({"trials": trials, "tasks": len(tasks), "tune_s": tune_s}))
     return TuningDatabase(work_dir, tune_s, trials, tune_s)
 
@@ -273,23 +296,49 @@ def _drop_foreign_log_handlers() -> None:
             logger.removeHandler(handler)
 
 
-def _tune_tasks(tasks: list, work_dir: Path, trials: int, per_task: int) -> float:
+def _tune_tasks(tasks: list, work_dir: Path, trials: int, tuning: Tuning) -> float:
+    """Tune ``tasks`` into the JSON database in ``work_dir``; with default schedules, each
+    task's default is measured and committed first and the space includes our template
+    (``dlas.compiler.template_tuning``). Writes ``tasks.json``: per task, trials,
+    default ms and best ms."""
     from tvm.s_tir import meta_schedule as ms
+
+    from dlas.compiler import template_tuning
 
     _drop_foreign_log_handlers()
     start = time.perf_counter()
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        tasks, work_dir=str(work_dir)
-    )
+    # One builder and one runner for the whole tuning: each owns a worker pool.
+    builder = ms.builder.LocalBuilder(initializer=install_fast_tvmscript)
+    runner = ms.runner.LocalRunner(initializer=install_fast_tvmscript)
+    default_ms: dict = {}
+    if tuning.schedule == "default":
+        log.info("metaschedule: timing the default schedule of %d tasks", len(tasks))
+        default_ms = template_tuning.commit_default_schedules(tasks, work_dir, builder, runner)
+        contexts, weights = template_tuning.tune_contexts(tasks, work_dir)
+    else:
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, work_dir=str(work_dir)
+        )
     ms.tune.tune_tasks(
         tasks=contexts,
         task_weights=weights,
         work_dir=str(work_dir),
         max_trials_global=trials,
-        max_trials_per_task=per_task or None,
-        builder=ms.builder.LocalBuilder(initializer=install_fast_tvmscript),
-        runner=ms.runner.LocalRunner(initializer=install_fast_tvmscript),
+        max_trials_per_task=tuning.trials_per_task or None,
+        builder=builder,
+        runner=runner,
     )
+    costs = template_tuning.task_costs(tasks, work_dir, default_ms)
+    template_tuning.write_costs(costs, work_dir / "tasks.json")
+    for cost in costs:
+        log.info(
+            "metaschedule: %s x%g: %d records, default %s ms, best %s ms",
+            cost.task,
+            cost.weight,
+            cost.trials,
+            "-" if cost.default_ms is None else f"{cost.default_ms:.4f}",
+            "-" if cost.best_ms is None else f"{cost.best_ms:.4f}",
+        )
     return time.perf_counter() - start
 
 
@@ -301,7 +350,7 @@ def _choose_per_layer(
     from dlas.compiler import per_layer
 
     def lower(name: str) -> tuple[tvm.IRModule, list[dict]]:
-        algorithms = _Algorithms(cfg, name=name)
+        algorithms = _Algorithms(cfg, name=name, schedule=tuning.schedule)
         with device.compile_target:
             lowered = _run(kernel_passes(algorithms), mod, quiet=True)
         return lowered, algorithms.records
@@ -321,7 +370,17 @@ def build(
     algorithm_cfg: Any,
     out_dir: Path,
     tuning: Tuning | None = None,
+    schedule: str = "default",
 ) -> TvmBuild:
+    """Compile one point; ``schedule`` says what the kernels no tuning record covers get:
+    their default schedules (``default``, DLAS's "untuned") or none (the plain loop
+    nests). With ``tuning``, its ``schedule`` must agree."""
+    from dlas.compiler import check_schedule
+    from dlas.compiler.default_schedule import default_schedules
+
+    check_schedule(schedule)
+    if tuning is not None and tuning.schedule != schedule:
+        tuning = replace(tuning, schedule=schedule)
     start = time.perf_counter()
     mod, dtype = to_relax(program, example)
     target = device.compile_target
@@ -341,7 +400,7 @@ def build(
             )
         chosen, costs, database = _choose_per_layer(mod, algorithm_cfg, device, tuning)
         names.append("choose_algorithm_per_layer")
-    algorithms = _Algorithms(algorithm_cfg, per_layer=chosen)
+    algorithms = _Algorithms(algorithm_cfg, per_layer=chosen, schedule=schedule)
     kernels = kernel_passes(algorithms)
     with target:
         mod = _run(kernels, mod)
@@ -355,6 +414,10 @@ def build(
         with target, tvm.transform.PassContext(opt_level=3):
             mod = relax.transform.MetaScheduleApplyDatabase(str(database.work_dir))(mod)
         names.append("apply_tuning_database")
+    if schedule == "default":
+        with target:
+            mod = default_schedules(target)(mod)
+        names.append("default_schedules")
     if chosen:
         convs = (r for r in algorithms.records if r["op"] == "conv2d")
         for record, candidate_ms in zip(convs, costs, strict=True):

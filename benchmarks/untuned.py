@@ -1,0 +1,176 @@
+"""TVM "untuned" as DLAS meant it: default schedules vs the plain loop nests vs eager.
+
+    python benchmarks/untuned.py [--models resnet18 ...] [--stems imagenet compact]
+                                 [--algorithms direct gemm spatial_pack winograd]
+
+For each zoo model, stem and layer-4 algorithm: PyTorch eager, TVM with
+``compiler.schedule=none`` (TVM 0.27's schedule-less loop nests: dlas's "untuned" before
+default schedules) and TVM with the default schedules (``compiler=tvm_untuned`` today).
+No tuning: the whole grid takes minutes. Every TVM output is checked against eager
+before it is timed; each timing runs in its own process with the stack's protocol. The
+table replaces the section between the markers in benchmarks/README.md; raw rows go to
+benchmarks/untuned.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from dlas.algorithms import ALGORITHMS
+from dlas.compiler import tvm_relax
+from dlas.compiler.baselines import verify_and_time_baseline
+from dlas.compiler.measure import measure_in_subprocess, verify_and_time_tvm
+from dlas.config import AlgorithmConf
+from dlas.deployment import VerificationError, disagreement
+from dlas.hardware import get_device
+from dlas.hardware.cores import computing
+from dlas.models import ZOO, get_model
+
+HERE = Path(__file__).parent
+BEGIN, END = "<!-- untuned:begin -->", "<!-- untuned:end -->"
+
+
+def cpu_model() -> str:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    return next(
+        (line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line), "?"
+    )
+
+
+def time_point(name: str, stem: str, algorithms: list[str], args, work: Path) -> dict:
+    torch.manual_seed(0)
+    model = get_model(name, num_classes=10, in_channels=3, input_size=32, stem=stem).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(1, 3, 32, 32)
+    program = torch.export.export(model, (x,))
+    path = work / f"{name}-{stem}.pt2"
+    torch.export.save(program, path)
+    device = get_device("cpu", threads=args.threads)
+    protocol = {"warmup": args.warmup, "repeat": args.repeat, "number": args.number}
+    with torch.no_grad():
+        expected = model(x).numpy()
+    _, eager = measure_in_subprocess(
+        verify_and_time_baseline,
+        "pytorch",
+        path,
+        path,
+        x.numpy(),
+        x.numpy(),
+        threads=device.threads,
+        **protocol,
+        label=f"{name} eager",
+    )
+    row: dict = {"pytorch": eager.median_ms}
+    for algorithm in algorithms:
+        for schedule in ("none", "default"):
+            built = tvm_relax.build(
+                program,
+                x,
+                device,
+                OmegaConf.structured(AlgorithmConf(name=algorithm)),
+                work / f"{name}-{algorithm}-{schedule}",
+                None,
+                schedule,
+            )
+            outputs, lat = measure_in_subprocess(
+                verify_and_time_tvm,
+                str(built.library),
+                [x.numpy()],
+                x.numpy(),
+                device,
+                **protocol,
+                label=f"{name} {algorithm} {schedule}",
+            )
+            err, limit = disagreement(np.asarray(outputs[0]), expected, "float32")
+            if err > limit:
+                raise VerificationError(f"{name} {algorithm} {schedule}: max err {err:.2e}")
+            row[f"{algorithm}/{schedule}"] = lat.median_ms
+            row[f"{algorithm}/{schedule}/err"] = err
+    print(name, stem, row, flush=True)
+    return row
+
+
+def table(rows: dict) -> str:
+    algorithms = sorted(
+        {k.split("/")[0] for r in rows.values() for k in r if "/" in k}, key=ALGORITHMS.index
+    )
+    head = (
+        "| model (stem) | eager ms | "
+        + " | ".join(f"{a} none / default ms" for a in algorithms)
+        + " | default / eager (best algorithm) | measured |\n"
+    )
+    head += "|---" * (len(algorithms) + 4) + "|\n"
+    lines = []
+    for key, r in rows.items():
+        cells = [
+            f"{r[f'{a}/none']:.1f} / **{r[f'{a}/default']:.2f}**" if f"{a}/none" in r else "-"
+            for a in algorithms
+        ]
+        best = min((r[f"{a}/default"], a) for a in algorithms if f"{a}/default" in r)
+        lines.append(
+            f"| {key} | {r['pytorch']:.2f} | "
+            + " | ".join(cells)
+            + f" | {best[0] / r['pytorch']:.2f}x ({best[1]}) | {r['date']}, {r['cpu']} |"
+        )
+    return (
+        "Median latency, batch 1, 3x32x32, random weights, 2 threads; `none` = "
+        "compiler.schedule=none (plain loop nests), `default` = the default schedules "
+        "(tvm_untuned). Raw numbers: `untuned.json`.\n\n" + head + "\n".join(lines)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(ZOO))
+    parser.add_argument("--stems", nargs="*", default=["imagenet"])
+    parser.add_argument("--algorithms", nargs="*", default=list(ALGORITHMS))
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--number", type=int, default=10)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    results = HERE / "untuned.json"
+    rows = json.loads(results.read_text()) if results.exists() and not args.no_write else {}
+    cpu = f"{cpu_model()} ({platform.machine()}), {args.threads or 'all'} threads"
+    with tempfile.TemporaryDirectory(prefix="dlas-bench-") as tmp, computing():
+        for name in args.models:
+            for stem in args.stems:
+                row = time_point(name, stem, args.algorithms, args, Path(tmp))
+                row.update(date=datetime.date.today().isoformat(), cpu=cpu)
+                rows[f"{name} ({stem})"] = row
+                if not args.no_write:
+                    results.write_text(json.dumps(rows, indent=1) + "\n")
+                    write_readme(table(rows))
+    print(table(rows))
+
+
+def write_readme(text: str) -> None:
+    readme = HERE / "README.md"
+    content = readme.read_text()
+    if BEGIN not in content:
+        content += (
+            "\n## TVM untuned: default schedules vs plain loop nests (issue 14)\n\n"
+            "`python benchmarks/untuned.py` (machine otherwise idle).\n\n"
+            f"{BEGIN}\n{END}\n"
+        )
+    before, rest = content.split(BEGIN)
+    _, after = rest.split(END)
+    readme.write_text(f"{before}{BEGIN}\n{text}\n{END}{after}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""MetaSchedule over our templates: what ``tvm_autoschedule`` searches, and its floor.
+
+Two things make tuned code comparable with untuned code, in DLAS's sense:
+
+- **The search space includes the template.** A layer-4 kernel's space is the union of
+  its own schedule with *sampled* knobs (``dlas.compiler.default_schedule`` with
+  ``tunable=True``: tile sizes through ``sample_perfect_tile``, the unroll depth through
+  ``sample_categorical``) and MetaSchedule's generic x86 space (multi-level tiling and
+  friends, ``post-order-apply``); the evolutionary search draws from both and keeps the
+  faster. Which space a winner came from is in the database's trace.
+- **The default schedule is measured first.** Before any search, each task's default
+  schedule is built and timed by MetaSchedule's own builder and runner and committed to the
+  database as a tuning record. MetaSchedule applies the fastest record of a workload, so a
+  tuned kernel can never be slower than its untuned one; and the default time is kept per
+  task (``tasks.json``): trials, default ms, best ms.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import tvm
+
+from dlas.compiler.default_schedule import anchor_of, apply_schedule
+
+log = logging.getLogger("dlas.compiler")
+
+
+def _template(target: tvm.target.Target):
+    """The tunable template of a kernel as a MetaSchedule ``ScheduleFn`` body."""
+
+    def apply(sch: Any) -> None:
+        apply_schedule(sch, target, tunable=True)
+
+    return apply
+
+
+def tune_contexts(tasks: list, work_dir: Path, seed: int | None = None) -> tuple[list, list]:
+    """One TuneContext per task: the union space for layer-4 kernels, MetaSchedule's
+    generic space for the rest."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    contexts, weights = [], []
+    loggers = get_loggers_from_work_dir(str(work_dir), [t.task_name for t in tasks])
+    for task, logger, rand_state in zip(tasks, loggers, fork_seed(seed, n=len(tasks)), strict=True):
+        func = task.dispatched[0]["main"]
+        space: Any = "post-order-apply"
+        if anchor_of(tvm.s_tir.Schedule(func)) is not None:
+            space = ms.space_generator.SpaceGeneratorUnion(
+                [
+                    ms.space_generator.ScheduleFn(_template(task.target)),
+                    ms.space_generator.PostOrderApply(),
+                ]
+            )
+        contexts.append(
+            ms.TuneContext(
+                mod=task.dispatched[0],
+                target=task.target,
+                space_generator=space,
+                search_strategy="evolutionary",
+                task_name=task.task_name,
+                logger=logger,
+                rand_state=rand_state,
+                num_threads="physical",
+            ).clone()
+        )
+        weights.append(task.weight)
+    return contexts, weights
+
+
+@dataclass
+class TaskCost:
+    """One tuned task: how often it runs per inference, what its default schedule and its
+    best record measure (ms, MetaSchedule's runner), and how many records it has."""
+
+    task: str
+    weight: float
+    trials: int
+    default_ms: float | None
+    best_ms: float | None
+
+
+def commit_default_schedules(tasks: list, work_dir: Path, builder: Any, runner: Any) -> dict:
+    """Build and time each task's default schedule; commit it to the JSON database in
+    ``work_dir`` as a tuning record. Returns ``{task name: default ms}`` (None where the
+    default schedule failed to build or run: then only searched records compete)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    inputs, records = [], []
+    for task in tasks:
+        mod = task.dispatched[0]
+        sch = tvm.s_tir.Schedule(mod)
+        apply_schedule(sch, task.target, tunable=False)
+        records.append((task, mod, sch))
+        inputs.append(ms.builder.BuilderInput(sch.mod, task.target))
+    built = builder.build(inputs)
+    default_ms: dict[str, float | None] = {}
+    pending = []
+    for (task, mod, sch), result in zip(records, built, strict=True):
+        if result.error_msg:
+            log.warning(
+                "default schedule of %s did not build: %s", task.task_name, result.error_msg
+            )
+            default_ms[task.task_name] = None
+            continue
+        args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+        run = runner.run([ms.runner.RunnerInput(result.artifact_path, "cpu", args_info)])[0]
+        pending.append((task, mod, sch, args_info, run))
+    for task, mod, sch, args_info, run in pending:
+        res = run.result()
+        if res.error_msg or not res.run_secs:
+            log.warning("default schedule of %s did not run: %s", task.task_name, res.error_msg)
+            default_ms[task.task_name] = None
+            continue
+        secs = [float(s) for s in res.run_secs]
+        workload = database.commit_workload(mod)
+        database.commit_tuning_record(
+            ms.database.TuningRecord(sch.trace, workload, secs, task.target, args_info)
+        )
+        default_ms[task.task_name] = 1e3 * sum(secs) / len(secs)
+    return default_ms
+
+
+def task_costs(tasks: list, work_dir: Path, default_ms: dict) -> list[TaskCost]:
+    """Per task: records in the database and the best one's time."""
+    from tvm.s_tir import meta_schedule as ms
+
+    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    costs = []
+    for task in tasks:
+        mod = task.dispatched[0]
+        best_ms, trials = None, 0
+        if database.has_workload(mod):
+            workload = database.commit_workload(mod)
+            records = database.get_top_k(workload, 1 << 20)
+            trials = len(records)
+            times = [
+                sum(float(s) for s in r.run_secs) / len(r.run_secs) for r in records if r.run_secs
+            ]
+            best_ms = 1e3 * min(times) if times else None
+        costs.append(
+            TaskCost(
+                task.task_name, float(task.weight), trials, default_ms.get(task.task_name), best_ms
+            )
+        )
+    return costs
+
+
+def write_costs(costs: list[TaskCost], path: Path) -> None:
+    path.write_text(json.dumps([asdict(c) for c in costs], indent=1))

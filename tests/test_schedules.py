@@ -1,0 +1,331 @@
+"""Layers 4-5: every default schedule, and random draws of its knobs, computes what the
+unscheduled loop nest computes; the defaults follow the target's vector width; tuning
+keeps the default schedule as a measured candidate."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+tvm = pytest.importorskip("tvm")
+from tvm import relax  # noqa: E402
+
+from dlas.algorithms import ALGORITHMS  # noqa: E402
+from dlas.algorithms.schedule import ANCHORS, ScheduleError, vector_bits  # noqa: E402
+from dlas.compiler import SCHEDULES, check_schedule, tvm_relax  # noqa: E402
+from dlas.compiler.default_schedule import (  # noqa: E402
+    default_schedules,
+    narrow_indices,
+    schedule_kernel,
+)
+
+AVX512 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}
+AVX2 = {"kind": "llvm", "mcpu": "x86-64-v3", "num-cores": 2}
+
+
+def host_has(flag: str) -> bool:
+    try:
+        return flag in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+
+
+class Convs(nn.Module):
+    """The conv kinds a schedule must handle: 3x3 stride 1 with a residual add, stride 2,
+    dilation 2, 1x1, depthwise, grouped, odd map sizes, and channel counts (5, 12, 20)
+    that no vector width divides."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 3, padding=1)
+        self.same = nn.Conv2d(12, 12, 3, padding=1)
+        self.bn = nn.BatchNorm2d(12)
+        self.down = nn.Conv2d(12, 20, 3, stride=2, padding=1)
+        self.dilated = nn.Conv2d(20, 20, 3, padding=2, dilation=2)
+        self.point = nn.Conv2d(20, 32, 1)
+        self.depthwise = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.grouped = nn.Conv2d(32, 16, 3, padding=1, groups=4)
+        self.wide = nn.Conv2d(16, 5, 3, padding=1)
+        self.fc = nn.Linear(5 * 6 * 5, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.bn(self.same(x)) + x)
+        x = torch.relu(self.down(x))
+        x = self.dilated(x)
+        x = torch.relu(self.point(x))
+        x = torch.relu(self.depthwise(x))
+        x = self.grouped(x)
+        x = self.wide(x)
+        return self.fc(torch.flatten(x, 1))
+
+
+COMBINATIONS = [(a, "dense") for a in ALGORITHMS] + [("gemm", "csr"), ("gemm", "bsr")]
+
+
+def algorithm_cfg(name: str, data_format: str = "dense"):
+    return OmegaConf.create(
+        {
+            "name": name,
+            "data_format": data_format,
+            "sparsity_threshold": 0.0,
+            "block_size": 4,
+            "fallback": "direct",
+        }
+    )
+
+
+def lowered(
+    name: str, x: torch.Tensor, target: tvm.target.Target, data_format: str = "dense"
+) -> tuple[tvm.IRModule, nn.Module]:
+    torch.manual_seed(0)
+    model = Convs().eval()
+    with torch.no_grad():
+        for p in model.bn.parameters():
+            p.uniform_(0.5, 1.5)
+        if data_format != "dense":  # pruned: most weights zero, as the sparse formats expect
+            for m in model.modules():
+                if isinstance(m, nn.Conv2d | nn.Linear):
+                    m.weight.mul_(torch.rand_like(m.weight) > 0.8)
+    mod, dtype = tvm_relax.to_relax(torch.export.export(model, (x,)), x)
+    with target:
+        mod = tvm_relax._run(
+            tvm_relax.passes(tvm_relax._Algorithms(algorithm_cfg(name, data_format)), dtype),
+            mod,
+            True,
+        )
+    return mod, model
+
+
+def run(mod: tvm.IRModule, x: np.ndarray, target: tvm.target.Target) -> np.ndarray:
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x))[0].numpy()
+
+
+def with_knob_draw(mod: tvm.IRModule, target: tvm.target.Target, seed: int) -> tvm.IRModule:
+    """Every kernel scheduled by its template with sampled knobs (what MetaSchedule tries)."""
+    mod = tvm.IRModule(dict(mod.functions_items()))
+    for gvar, func in list(mod.functions_items()):
+        if isinstance(func, tvm.tirx.PrimFunc):
+            sch = schedule_kernel(func, target, tunable=True, seed=seed)
+            mod[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    return mod
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "data_format", "batch"),
+    [(a, f, 1) for a, f in COMBINATIONS] + [("spatial_pack", "dense", 2), ("gemm", "csr", 2)],
+)
+def test_default_and_sampled_schedules_compute_the_loop_nest(
+    algorithm: str, data_format: str, batch: int
+) -> None:
+    target = tvm.target.Target(AVX512 if host_has("avx512f") else AVX2)
+    x = torch.randn(batch, 3, 11, 10)
+    mod, model = lowered(algorithm, x, target, data_format)
+    plain = run(mod, x.numpy(), target)
+    expected = model(x).detach().numpy()
+    np.testing.assert_allclose(plain, expected, rtol=1e-4, atol=1e-4)
+    before = mod.script()
+    drawn = [with_knob_draw(mod, target, seed) for seed in (1, 2)]
+    with target:
+        scheduled = default_schedules(target)(mod)
+    kernels = [f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert all(f.attrs["tirx.is_scheduled"] for f in kernels)
+    assert scheduled.script() != before  # something was scheduled
+    np.testing.assert_allclose(run(scheduled, x.numpy(), target), plain, rtol=1e-5, atol=1e-5)
+    for draw in drawn:
+        np.testing.assert_allclose(run(draw, x.numpy(), target), plain, rtol=1e-5, atol=1e-5)
+
+
+def test_every_algorithm_has_a_registered_schedule() -> None:
+    assert {
+        "conv2d_direct",
+        "gemm",
+        "conv_packed",
+        "winograd_batched_gemm",
+        "conv2d_csr",
+        "conv2d_bsr",
+        "matmul",
+    } <= set(ANCHORS)
+
+
+def kernel_asm(mod: tvm.IRModule, target: tvm.target.Target) -> str:
+    executable = tvm.compile(mod, target=target)
+    return "".join(m.inspect_source("s") for m in executable.mod.imports)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_defaults_follow_the_targets_vector_width(algorithm: str) -> None:
+    """An AVX2 target gets 8-lane tiles and 256-bit code; AVX-512 16 lanes and zmm
+    registers (compile-only: no AVX-512 needed on the host)."""
+    x = torch.randn(1, 3, 11, 10)
+    widths = {}
+    for spec in (AVX2, AVX512):
+        target = tvm.target.Target(spec)
+        mod, _ = lowered(algorithm, x, target)
+        with target:
+            mod = default_schedules(target)(mod)
+        asm = kernel_asm(mod, target)
+        widths[spec["mcpu"]] = ("zmm" in asm, "ymm" in asm)
+    assert vector_bits(tvm.target.Target(AVX2)) == 256
+    assert vector_bits(tvm.target.Target(AVX512)) == 512
+    assert widths["x86-64-v3"] == (False, True)
+    assert widths["skylake-avx512"][0]
+
+
+def test_layouts_follow_the_targets_lanes() -> None:
+    """Spatial pack's channel block and the GEMM's weight panel are one vector wide."""
+    x = torch.randn(1, 3, 11, 10)
+    for spec, lanes in ((AVX2, 8), (AVX512, 16)):
+        target = tvm.target.Target(spec)
+        for algorithm, block in (("spatial_pack", "conv_packed"), ("gemm", "gemm")):
+            mod, _ = lowered(algorithm, x, target)
+            text = mod.script(show_meta=False)
+            # the 32-channel pointwise conv: 32 / lanes packed blocks of `lanes` channels
+            dims = (32 // lanes, 20, lanes) if block == "gemm" else (32 // lanes, 20, 1, 1, lanes)
+            assert shape_in(text, dims), (algorithm, lanes)
+
+
+def shape_in(text: str, dims: tuple[int, ...]) -> bool:
+    """Whether TVMScript ``text`` has a buffer of shape ``dims`` (int32 or int64 dims)."""
+    pattern = r",\s*".join(rf"(?:T\.int64\()?{d}\)?" for d in dims)
+    return re.search(rf"\(\s*{pattern}\s*\)", text) is not None
+
+
+def test_schedule_none_keeps_the_plain_loop_nests(tmp_path: Path) -> None:
+    from dlas.hardware import get_device
+
+    x = torch.randn(1, 3, 11, 10)
+    model = Convs().eval()
+    program = torch.export.export(model, (x,))
+    device = get_device("cpu", threads=2)
+    plain = tvm_relax.build(
+        program, x, device, algorithm_cfg("direct"), tmp_path / "a", None, "none"
+    )
+    default = tvm_relax.build(program, x, device, algorithm_cfg("direct"), tmp_path / "b")
+    assert "default_schedules" not in plain.pipeline
+    assert default.pipeline[-1] == "default_schedules"
+    assert SCHEDULES == ("default", "none")
+    with pytest.raises(ValueError, match="compiler.schedule 'tuned'.*default, none"):
+        check_schedule("tuned")
+
+
+def test_a_schedule_that_cannot_apply_names_the_kernel(monkeypatch) -> None:
+    def broken(sch, block, knobs) -> None:
+        sch.compute_inline(sch.get_sblock("conv2d_direct"))  # a reduction cannot be inlined
+
+    monkeypatch.setitem(ANCHORS, "conv2d_direct", broken)
+    target = tvm.target.Target(AVX2)
+    mod, _ = lowered("direct", torch.randn(1, 3, 11, 10), target)
+    with (
+        target,
+        pytest.raises(
+            (ScheduleError, RuntimeError),  # through TVM's pass machinery: RuntimeError
+            match=r"kernel fused_conv2d_direct\w*: .*conv2d_direct",
+        ),
+    ):
+        default_schedules(target)(mod)
+
+
+def test_tuning_measures_the_default_first_and_never_loses_to_it(tmp_path: Path) -> None:
+    """2 trials per task: each task's default schedule is in the database with its time,
+    the best record is at least as fast, and re-applying the database gives the outputs
+    of the fresh tuning."""
+    from dlas.hardware import get_device
+
+    class Small(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(4, 16, 3, padding=1)
+            self.fc = nn.Linear(16 * 6 * 6, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+
+    torch.manual_seed(0)
+    model = Small().eval()
+    x = torch.randn(1, 4, 6, 6)
+    program = torch.export.export(model, (x,))
+    device = get_device("cpu", threads=2)
+    tuning = tvm_relax.Tuning(0, 2, tmp_path / "tuning")
+    fresh = tvm_relax.build(program, x, device, algorithm_cfg("direct"), tmp_path / "a", tuning)
+    costs = json.loads(next((tmp_path / "tuning").glob("*/tasks.json")).read_text())
+    assert {c["task"] for c in costs} == {
+        "fused_conv2d_direct_add_relu",
+        "fused_matmul_add",
+    } or len(costs) == 2
+    for cost in costs:
+        assert cost["default_ms"] is not None and cost["default_ms"] > 0
+        assert cost["best_ms"] <= cost["default_ms"]
+        assert cost["trials"] >= 2  # the default record plus the searched ones
+    again = tvm_relax.build(program, x, device, algorithm_cfg("direct"), tmp_path / "b", tuning)
+    assert again.tune_s == 0.0  # re-applied, not re-tuned
+    outputs = []
+    for built in (fresh, again):
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(built.library)), tvm.cpu())
+        outputs.append(vm["main"](tvm.runtime.tensor(x.numpy()))[0].numpy())
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    np.testing.assert_allclose(outputs[0], model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def int8_conv_module(weight: np.ndarray, stride: int) -> tvm.IRModule:
+    """uint8 x int8 -> int32 conv with a float requantize epilogue, as the int8 route
+    (dlas.compiler.int8) emits it."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, weight.shape[1], 9, 9), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            acc = bb.emit(
+                relax.op.nn.conv2d(
+                    x, relax.const(weight), strides=stride, padding=1, out_dtype="int32"
+                )
+            )
+            real = bb.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(0.01)))
+            out = bb.emit_output(bb.emit(relax.op.nn.relu(real)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def int8_build(weight: np.ndarray, stride: int, algorithm: str, schedule: bool, target):
+    from dlas.algorithms import legalize_convs
+
+    t = relax.transform
+    with target:
+        mod, records = legalize_convs(int8_conv_module(weight, stride), algorithm)
+        mod = t.FuseTIR()(t.FuseOps()(t.AnnotateTIROpPattern()(t.LegalizeOps()(mod))))
+        if schedule:
+            mod = default_schedules(target)(narrow_indices()(mod))
+    return tvm.compile(mod, target=target), records
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_int8_spatial_pack_uses_vnni_and_is_bit_exact(stride: int) -> None:
+    """On an AVX-512 VNNI target the int8 spatial pack is one vpdpbusd per 16 output x 4
+    input channels (input channels padded from 20 to 24); its integers are exactly the
+    plain loop nest's."""
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-128, 128, (32, 20, 3, 3), dtype=np.int8)
+    x = rng.integers(0, 256, (1, 20, 9, 9), dtype=np.uint8)
+    vnni = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
+    packed, records = int8_build(weight, stride, "spatial_pack", True, vnni)
+    assert records[0]["kernel"] == "conv2d_spatial_pack_vnni"
+    assert "vpdpbusd" in "".join(m.inspect_source("s") for m in packed.mod.imports)
+    avx2 = tvm.target.Target(AVX2)  # no VNNI: the plain int32 spatial pack
+    assert int8_build(weight, stride, "spatial_pack", True, avx2)[1][0]["kernel"] == (
+        "conv2d_spatial_pack"
+    )
+    if not host_has("avx512_vnni"):
+        pytest.skip("host has no AVX-512 VNNI: compiled, not run")
+    plain, _ = int8_build(weight, stride, "direct", False, vnni)
+    outputs = []
+    for executable in (plain, packed):
+        vm = relax.VirtualMachine(executable, tvm.cpu())
+        outputs.append(vm["main"](tvm.runtime.tensor(x)).numpy())
+    np.testing.assert_array_equal(outputs[1], outputs[0])
