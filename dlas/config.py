@@ -151,6 +151,18 @@ class MeasureConf:
     verify_samples: int = 256
     tolerance: float | None = None  # null: by compute dtype (see dlas.deployment.tolerance)
     timeout_s: float = 900
+    # The repeats are split over this many rounds alternating between the compiled path(s)
+    # and eager PyTorch (each in its own process), so a speedup compares one machine state.
+    rounds: int = 5
+    # A timing attempt is noisy when a runtime's samples vary more than max_cv (std/mean)
+    # or other processes use more than max_cpu_load of the timed cores before or during it;
+    # a noisy attempt is retried `retries` times, then tagged dlas.noisy (strict: fails).
+    max_cv: float = 0.1
+    max_cpu_load: float = 0.25
+    retries: int = 2
+    strict: bool = False
+    load_probe_s: float = 0.5  # seconds of reading the cores' load before each attempt
+    retry_wait_s: float = 2.0  # pause before the first retry, doubled before each next one
     # More compilers verified and timed in the same run as compiler=, next to the same eager
     # reference: logged as <compiler>/latency_ms_median, <compiler>/speedup_vs_torch, ...
     compare: list[str] = field(default_factory=list)

@@ -8,22 +8,32 @@ onnxruntime) goes through the same protocol, so their numbers compare:
   own test top-1 on them (``compiled_top1``, next to PyTorch's ``reference_top1`` on the
   same images); a point over tolerance fails, it is
   never timed;
-* latency: batch ``batch_size``, ``warmup`` runs, then ``repeat`` x ``number`` timed
-  runs (median, mean, std, p90 over repeats), PyTorch eager timed the same way in
-  the same run for ``speedup_vs_torch``.
+* latency: batch ``batch_size``, then ``repeat`` x ``number`` timed runs (median, mean,
+  std, p90 over repeats), PyTorch eager timed the same way in the same run for
+  ``speedup_vs_torch``. The repeats are split over ``rounds`` rounds that alternate
+  between the compiled path(s) and eager PyTorch (each round after ``warmup`` untimed
+  runs), so every ratio is taken under one machine state; ``speedup_vs_torch_lo``/``_hi``
+  bound it (:mod:`dlas.compiler.rounds`). A noisy timing (samples' CV, or other
+  processes' load on the timed cores, above ``measure.max_cv`` / ``max_cpu_load``) is
+  retried ``retries`` times, then tagged ``dlas.noisy``, or fails the point under
+  ``measure.strict``.
 * ``measure.compare``: more compilers through the same verification and timing in the same
   run, against the same eager reference (the form-follows-function study compares
   compiled paths point by point without pairing runs).
 
-Verification and timing run generated code in a child process each, so a crash in a
-kernel fails this point only, never the sweep.
+Each runtime runs in a child process of its own (a :class:`~dlas.compiler.measure.Worker`
+pinned to the timed cores), which verifies it and then serves the timing rounds, so a
+crash in a kernel fails this point only, never the sweep, and no two runtimes share a
+process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +42,13 @@ import torch
 from torch import nn
 
 from dlas.compiler import TVM_COMPILERS, check_compiler, check_schedule
-from dlas.compiler.baselines import time_baseline, verify_and_time_baseline
-from dlas.compiler.measure import Latency, measure_in_subprocess, verify_and_time_tvm
+from dlas.compiler.baselines import open_baseline
+from dlas.compiler.measure import Latency, Worker, open_tvm
+from dlas.compiler.noise import NoisePolicy
+from dlas.compiler.rounds import Timing, time_paired
 from dlas.hardware import Device, get_device
+from dlas.hardware.cores import exclusive
+from dlas.hardware.threads import timing_cores
 
 log = logging.getLogger("dlas.deployment")
 
@@ -65,6 +79,7 @@ def check_layers(cfg: Any) -> Device:
             f"compiler=tvm_autoschedule and no tvm_untuned to compare (got compiler={main}, "
             f"measure.compare={list(cfg.measure.compare)})"
         )
+    check_measure(cfg.measure)
     h = cfg.hardware
     for name in (main, *cfg.measure.compare):
         if name not in TVM_COMPILERS and h.name != "cpu":
@@ -81,6 +96,16 @@ def check_layers(cfg: Any) -> Device:
         port=h.port,
         key=h.key,
     )
+
+
+def check_measure(m: Any) -> NoisePolicy:
+    """The timing protocol's knobs, checked before anything runs."""
+    if m.rounds < 1:
+        raise ValueError(f"measure.rounds={m.rounds} must be >= 1")
+    for key in ("load_probe_s", "retry_wait_s"):
+        if m[key] < 0:
+            raise ValueError(f"measure.{key}={m[key]} must be >= 0")
+    return NoisePolicy.from_config(m).check()
 
 
 def tolerance(dtype: str, scale: float, override: float | None) -> float:
@@ -109,31 +134,33 @@ class Deployment:
     params: dict[str, Any]
     layers: list[dict[str, Any]]
     artifact: Path
+    tags: dict[str, str] = field(default_factory=dict)  # dlas.noisy when the timing was
 
 
 @dataclass
 class Compiled:
-    """One compiler's result on the verification images and its latency."""
+    """One compiler's result on the verification images, the worker that keeps it loaded
+    for the timing rounds, and (once timed) its latency."""
 
     outputs: np.ndarray
-    latency: Latency
+    latency: Latency | None
     compile_s: float
     tune_s: float
     trials: int
     layers: list[dict[str, Any]]
     artifact: Path
+    worker: Worker | None = None
 
 
 @dataclass
 class Inputs:
-    """What every compiler of a point is given: the same images, batch and protocol."""
+    """What every compiler of a point is given: the same images and batch."""
 
     program: torch.export.ExportedProgram
     program_path: Path
     static_path: Path  # the program re-exported at the measured batch size
     x: np.ndarray  # verification images
     example: np.ndarray  # one timed batch
-    protocol: dict[str, int]
     timeout_s: float
 
 
@@ -148,29 +175,35 @@ def _chunks(x: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return out
 
 
-def compile_and_time(
-    name: str, cfg: Any, device: Device, inputs: Inputs, out_dir: Path, tuning_root: Path
+def compile_and_open(
+    name: str,
+    cfg: Any,
+    device: Device,
+    inputs: Inputs,
+    out_dir: Path,
+    tuning_root: Path,
+    cores: Sequence[int],
 ) -> Compiled:
-    """Compile with ``name``, then verify and time it in a child process."""
+    """Compile with ``name``, then load it in a worker pinned to ``cores``, which returns
+    its outputs on the verification images and stays up for the timing rounds (the caller
+    closes ``worker``)."""
     from dlas.compiler import tvm_relax
 
-    batch_size = cfg.measure.batch_size
+    worker = Worker(f"verify and time {name}", timeout=inputs.timeout_s, cores=cores)
     if name not in TVM_COMPILERS:
-        outputs, latency = measure_in_subprocess(
-            verify_and_time_baseline,
-            name,
-            inputs.program_path,
-            inputs.static_path,
-            inputs.x,
-            inputs.example,
-            threads=device.threads,
-            **inputs.protocol,
-            timeout=inputs.timeout_s,
-            label=f"verify and time {name}",
-        )
+        with exclusive():
+            outputs = worker.start(
+                open_baseline,
+                name,
+                inputs.program_path,
+                inputs.static_path,
+                inputs.x,
+                inputs.example,
+                threads=device.threads,
+            )
         layers = [{"layer": "all", "algorithm": f"{name} kernels", "format": "dense"}]
         # torch.compile / ONNX export + session: their compile step
-        return Compiled(outputs, latency, latency.setup_s, 0.0, 0, layers, inputs.static_path)
+        return Compiled(outputs, None, worker.setup_s, 0.0, 0, layers, inputs.static_path, worker)
     tuning = None
     if name == "tvm_autoschedule":
         c = cfg.compiler
@@ -180,26 +213,72 @@ def compile_and_time(
         inputs.program, example, device, cfg.algorithm, out_dir, tuning, cfg.compiler.schedule
     )
     # Relax modules take float32 whatever they compute in (fp16 and int8 cast inside).
-    outputs, latency = measure_in_subprocess(
-        verify_and_time_tvm,
-        str(built.library),
-        _chunks(inputs.x.astype(np.float32), batch_size),
-        inputs.example.astype(np.float32),
-        device,
-        **inputs.protocol,
-        timeout=inputs.timeout_s,
-        label=f"verify and time {name}",
-    )
+    with exclusive():
+        outputs = worker.start(
+            open_tvm,
+            str(built.library),
+            _chunks(inputs.x.astype(np.float32), cfg.measure.batch_size),
+            inputs.example.astype(np.float32),
+            device,
+        )
     outputs = np.concatenate(outputs)[: len(inputs.x)]
     return Compiled(
         outputs,
-        latency,
+        None,
         built.compile_s,
         built.tune_s,
         built.info["tuning_trials"],
         built.layers,
         built.library,
+        worker,
     )
+
+
+def open_reference(inputs: Inputs, device: Device, cores: Sequence[int]) -> Worker:
+    """Eager PyTorch on the static program, loaded in a worker of its own: the reference
+    every speedup of the point is over (not verified: it is what the others are verified
+    against)."""
+    worker = Worker("time pytorch (reference)", timeout=inputs.timeout_s, cores=cores)
+    with exclusive():
+        worker.start(
+            open_baseline,
+            "pytorch",
+            inputs.program_path,
+            inputs.static_path,
+            None,
+            inputs.example,
+            threads=device.threads,
+        )
+    return worker
+
+
+def timing_metrics(timing: Timing, names: Sequence[str], main: str) -> dict[str, float]:
+    """The run schema's timing metrics: the main compiler's under plain names, and with
+    ``measure.compare`` every compiled path's under ``<compiler>/``."""
+    lat, ref, speed = timing.latencies[main], timing.latencies["pytorch"], timing.speedups[main]
+    metrics = {
+        **lat.metrics("latency_ms"),
+        "torch_latency_ms": ref.median_ms,
+        "speedup_vs_torch": speed.ratio,
+        "speedup_vs_torch_lo": speed.lo,
+        "speedup_vs_torch_hi": speed.hi,
+        "latency_cv": timing.cvs[main],
+        "torch_latency_cv": timing.cvs["pytorch"],
+        "cpu_load_before": timing.load_before,
+        "cpu_load_during": timing.load_during,
+        "measure_attempts": float(timing.attempts),
+        "measure_rounds": float(speed.rounds),
+    }
+    if len(names) > 1:
+        for name in names:
+            metrics |= {
+                f"{name}/latency_ms_median": timing.latencies[name].median_ms,
+                f"{name}/speedup_vs_torch": timing.speedups[name].ratio,
+                f"{name}/speedup_vs_torch_lo": timing.speedups[name].lo,
+                f"{name}/speedup_vs_torch_hi": timing.speedups[name].hi,
+                f"{name}/latency_cv": timing.cvs[name],
+            }
+    return metrics
 
 
 def verify(
@@ -253,7 +332,6 @@ def deploy(
         static_path,
         x.numpy(),
         example.numpy(),
-        {"warmup": m.warmup, "repeat": m.repeat, "number": m.number},
         m.timeout_s,
     )
     with torch.no_grad():
@@ -261,34 +339,42 @@ def deploy(
     labels = y.numpy()
 
     names = [name, *(c for c in dict.fromkeys(m.compare) if c != name)]
+    cores = timing_cores(device.threads)
     results: dict[str, Compiled] = {}
     checks: dict[str, dict[str, float]] = {}
-    for i, compiler in enumerate(names):
-        if len(names) > 1:
-            log.info("compiler %d/%d: %s", i + 1, len(names), compiler)
-        results[compiler] = compile_and_time(
-            compiler, cfg, device, inputs, out_dir / compiler, tuning_root
-        )
-        checks[compiler] = verify(compiler, cfg, results[compiler], ref, labels, dtype)
+    with contextlib.ExitStack() as workers:
+        for i, compiler in enumerate(names):
+            if len(names) > 1:
+                log.info("compiler %d/%d: %s", i + 1, len(names), compiler)
+            results[compiler] = compiled = compile_and_open(
+                compiler, cfg, device, inputs, out_dir / compiler, tuning_root, cores
+            )
+            assert compiled.worker is not None
+            workers.callback(compiled.worker.close)
+            checks[compiler] = verify(compiler, cfg, compiled, ref, labels, dtype)
+        timed = {c: r.worker for c, r in results.items() if r.worker is not None}
+        if "pytorch" not in timed:
+            timed["pytorch"] = open_reference(inputs, device, cores)
+            workers.callback(timed["pytorch"].close)
+        with exclusive():
+            timing = time_paired(
+                timed,
+                "pytorch",
+                cores=cores,
+                warmup=m.warmup,
+                repeat=m.repeat,
+                number=m.number,
+                rounds=m.rounds,
+                policy=NoisePolicy.from_config(m),
+                probe_s=m.load_probe_s,
+                retry_wait_s=m.retry_wait_s,
+            )
+    for compiler, result in results.items():
+        result.latency = timing.latencies[compiler]
 
-    if "pytorch" in results:
-        torch_latency = results["pytorch"].latency
-    else:
-        torch_latency = measure_in_subprocess(
-            time_baseline,
-            "pytorch",
-            static_path,
-            inputs.example,
-            threads=device.threads,
-            **inputs.protocol,
-            timeout=m.timeout_s,
-            label="time pytorch (reference)",
-        )
     main = results[name]
     metrics = {
-        **main.latency.metrics("latency_ms"),
-        "torch_latency_ms": torch_latency.median_ms,
-        "speedup_vs_torch": torch_latency.median_ms / main.latency.median_ms,
+        **timing_metrics(timing, names, name),
         "compile_s": main.compile_s,
         "tune_s": main.tune_s,
         **checks[name],
@@ -298,8 +384,6 @@ def deploy(
     if len(names) > 1:  # every compiled path under its own name, the main one included
         for compiler, result in results.items():
             metrics |= {
-                f"{compiler}/latency_ms_median": result.latency.median_ms,
-                f"{compiler}/speedup_vs_torch": torch_latency.median_ms / result.latency.median_ms,
                 f"{compiler}/compile_s": result.compile_s,
                 f"{compiler}/tune_s": result.tune_s,
                 f"{compiler}/max_abs_err_vs_torch": checks[compiler]["max_abs_err_vs_torch"],
@@ -310,4 +394,5 @@ def deploy(
         "compute_dtype": dtype,
         "target": device.describe().get("target", ""),
     }
-    return Deployment(metrics, params, main.layers, main.artifact)
+    tags = {} if timing.noisy is None else {"dlas.noisy": timing.noisy}
+    return Deployment(metrics, params, main.layers, main.artifact, tags)

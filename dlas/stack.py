@@ -12,7 +12,6 @@ import copy
 import functools
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from dlas.cache import Entry, StageCache, config_hash
 from dlas.compression import Compression
 from dlas.data import ImageClassificationData
 from dlas.hardware.cores import computing
+from dlas.hardware.threads import resolve_threads  # the affinity mask, not os.cpu_count()
 from dlas.metrics import count_macs, memory_footprint, structure
 from dlas.models.export import export_model, load_program
 from dlas.tracking import RunLogger, flatten, setup_experiment, tracked_run
@@ -73,10 +73,6 @@ def build_point(cfg: DictConfig) -> Point:
         input_size=data.image_size,
     )
     return Point(cfg, data, model, compression)
-
-
-def resolve_threads(threads: int) -> int:
-    return threads if threads > 0 else os.cpu_count() or 1
 
 
 def _key_payload(node: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +207,7 @@ def deploy_and_log(
             Path(cfg.compiler.work_dir),
         )
         mlflow.log_params(result.params)
+        mlflow.set_tags(result.tags)
         mlflow.log_metrics(result.metrics | footprint)
         mlflow.log_dict({"layers": result.layers}, "layers.json")
         mlflow.log_artifact(str(result.artifact), "compiled")

@@ -6,8 +6,12 @@ The RPC test starts TVM's own tracker and server (child processes, free ports on
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -17,7 +21,8 @@ import tvm
 from omegaconf import OmegaConf
 from torch import nn
 
-from dlas.compiler.measure import run_tvm_module, time_tvm_module
+from dlas.compiler.measure import Worker, open_tvm, run_tvm_module, time_tvm_module
+from dlas.compiler.rounds import run_rounds
 from dlas.hardware import (
     Device,
     HardwareUnavailableError,
@@ -123,6 +128,51 @@ def test_set_threads_reaches_tvm_and_torch(monkeypatch: pytest.MonkeyPatch) -> N
         set_threads(-1)
 
 
+_ONE_CORE_CHILD = """
+import json, os, torch, tvm
+from dlas.hardware import get_device, set_threads
+from dlas.hardware.threads import timing_cores
+from dlas.stack import resolve_threads
+print(json.dumps({
+    "mask": sorted(os.sched_getaffinity(0)),
+    "resolve_threads": resolve_threads(0),
+    "device": get_device("cpu").threads,
+    "set_threads": set_threads(0),
+    "torch": torch.get_num_threads(),
+    "torch_interop": torch.get_num_interop_threads(),
+    "tvm": tvm.runtime.num_threads(),
+    "timing_cores": timing_cores(0),
+}))
+"""
+
+
+def test_one_core_affinity_gives_every_runtime_one_thread() -> None:
+    """As under ``taskset -c <core>`` or a container limited to one CPU: the machine has
+    more cores, this process may use one, and torch, TVM and the logged ``threads`` agree."""
+    core = max(os.sched_getaffinity(0))
+    out = subprocess.run(
+        [sys.executable, "-c", _ONE_CORE_CHILD],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+        env={k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {
+        "mask": [core],
+        "resolve_threads": 1,
+        "device": 1,
+        "set_threads": 1,
+        "torch": 1,
+        "torch_interop": 1,
+        "tvm": 1,
+        "timing_cores": [core],
+    }
+
+
 # ------------------------------------------------------------------------------- rpc
 
 
@@ -160,6 +210,14 @@ def test_rpc_round_trip_on_loopback(tmp_path) -> None:
         lat = time_tvm_module(library, x.numpy(), remote, warmup=1, repeat=3, number=2)
         assert (lat.repeat, lat.number, lat.threads) == (3, 2, 1)
         assert all(s > 0 for s in lat.samples_ms)
+        # Two TVM workers on one server (measure.compare with two TVM compilers): neither
+        # may hold the server's one session between rounds, or the other waits forever.
+        with Worker("a", timeout=120) as a, Worker("b", timeout=120) as b:
+            for worker in (a, b):
+                (out,) = worker.start(open_tvm, library, [x.numpy()], x.numpy(), remote)
+                np.testing.assert_allclose(out, expected, atol=1e-6)
+            rounds = run_rounds({"a": a, "b": b}, warmup=0, repeat=4, number=1, rounds=2)
+        assert all(len(r) == 2 and min(r) > 0 for w in rounds.values() for r in w)
         with pytest.raises(HardwareUnavailableError, match="no RPC server with key 'other'"):
             get_device("rpc", host="127.0.0.1", port=rpc.port, key="other", timeout=1)
     for pid in pids.values():  # both children are gone (or reaped zombies), not left running

@@ -14,6 +14,7 @@ the one-process-per-point rule; the functions here time in the calling process.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tempfile
 import time
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dlas.compiler.measure import Latency, time_callable
+from dlas.compiler.measure import Latency, Loaded, sample_callable, time_callable
 from dlas.hardware.threads import set_threads
 
 BASELINES = ("pytorch", "torch_compile", "onnxruntime")
@@ -245,3 +246,45 @@ def verify_and_time_baseline(
         kind, static_path, example, threads=threads, warmup=warmup, repeat=repeat, number=number
     )
     return outputs, latency
+
+
+def _torch_samples(runner: Callable[[], Any], warmup: int, repeat: int, number: int) -> list[float]:
+    import torch
+
+    with torch.inference_mode():
+        return sample_callable(runner, warmup=warmup, repeat=repeat, number=number)
+
+
+def _plain_samples(runner: Callable[[], Any], warmup: int, repeat: int, number: int) -> list[float]:
+    return sample_callable(runner, warmup=warmup, repeat=repeat, number=number)
+
+
+def open_baseline(
+    kind: str,
+    program_path: str | os.PathLike,
+    static_path: str | os.PathLike,
+    inputs: np.ndarray | None,
+    example: np.ndarray,
+    *,
+    threads: int = 0,
+) -> Loaded:
+    """A :class:`~dlas.compiler.measure.Worker` setup: the framework's outputs on
+    ``inputs`` (the dynamic-batch program; ``None`` for the eager reference, which is not
+    verified against itself), then the static deployment program on ``example`` loaded
+    and run once untimed (torch.compile compiles, onnxruntime exports and builds its
+    session: ``setup_s``), and kept for the timing rounds."""
+    outputs = None
+    if inputs is not None:
+        outputs = run_baseline(kind, program_path, inputs, threads=threads)
+    started = time.perf_counter()
+    resolved = set_threads(threads)
+    workdir = tempfile.TemporaryDirectory(prefix="dlas-onnx-")
+    if _check_kind(kind) == "onnxruntime":
+        runner = _ort_runner(str(static_path), example, resolved, None, workdir.name)
+        timer = functools.partial(_plain_samples, runner)
+    else:
+        mode = "compile" if kind == "torch_compile" else "eager"
+        runner = _torch_runner(str(static_path), example, mode)
+        timer = functools.partial(_torch_samples, runner)
+    timer(1, 0, 1)  # the first, untimed run
+    return Loaded(outputs, timer, time.perf_counter() - started, resolved, workdir.cleanup)

@@ -6,12 +6,19 @@ median (robust to a noisy neighbour), mean, std and p90 of the samples. Each mea
 runs in its own process (:func:`measure_in_subprocess`): a crash in generated code fails
 that point only, and no thread pool, allocator or JIT state leaks from one point to the
 next.
+
+A :class:`Worker` keeps one runtime loaded in its own process and times it on request,
+so a parent can interleave rounds of two runtimes (A/B/A/B) and compare them under one
+machine state without ever running two runtimes in one process (torch's OpenMP threads
+keep spinning after an eager call and slow whatever runs next to them). Each child is
+pinned to the cores it is timed on (:func:`dlas.hardware.threads.pin_to`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import faulthandler
+import functools
 import gc
 import multiprocessing
 import os
@@ -139,6 +146,17 @@ def time_callable(
     for _ in range(warmup):
         fn()
     setup_s = time.perf_counter() - started
+    samples = sample_callable(fn, warmup=0, repeat=repeat, number=number, what=what)
+    return Latency.from_samples(samples, number=number, threads=threads, setup_s=setup_s)
+
+
+def sample_callable(
+    fn: Callable[[], Any], *, warmup: int, repeat: int, number: int, what: str | None = None
+) -> list[float]:
+    """``warmup`` untimed calls, then ``repeat`` samples in ms, each the mean of ``number``
+    back-to-back calls: one round of the protocol, as a :data:`Timer` runs it."""
+    for _ in range(warmup):
+        fn()
     progress = _Progress(what, repeat)
     samples: list[float] = []
     for i in range(repeat):
@@ -147,18 +165,58 @@ def time_callable(
             fn()
         samples.append((time.perf_counter() - t0) * 1e3 / number)
         progress(i + 1)
-    return Latency.from_samples(samples, number=number, threads=threads, setup_s=setup_s)
+    return samples
 
 
 # ----------------------------------------------------------------- one process per point
 
+#: One round of timing in a worker: ``timer(warmup, repeat, number)`` -> samples in ms.
+Timer = Callable[[int, int, int], list[float]]
 
-def _child_main(conn: Any, job: Callable[..., Any], args: tuple, kwargs: dict) -> None:
-    """Run ``job`` and send ``("ok", result)`` or ``("error", text)`` to the parent."""
+
+@dataclass
+class Loaded:
+    """What a :class:`Worker`'s setup job returns in the child: ``result`` goes to the
+    parent at once (e.g. the verification outputs); ``timer`` stays in the child for the
+    rounds to come; ``close`` (if any) runs when the worker stops. ``setup_s`` is the time
+    to load the runtime and make its first, untimed run (a JIT's compile step);
+    ``threads`` the thread count the runtime reported."""
+
+    result: Any
+    timer: Timer
+    setup_s: float = 0.0
+    threads: int = 0
+    close: Callable[[], None] | None = None
+
+
+def _child_main(
+    conn: Any,
+    job: Callable[..., Any],
+    args: tuple,
+    kwargs: dict,
+    cores: Sequence[int] | None,
+    serve: bool,
+) -> None:
+    """Run ``job`` and send ``("ok", result)`` or ``("error", text)`` to the parent; with
+    ``serve``, ``job`` returns a :class:`Loaded` and the child then answers timing
+    requests until told to stop (or the parent goes away)."""
     faulthandler.enable()  # a crash in generated code prints the Python stack that led there
     try:
+        if cores:
+            from dlas.hardware.threads import pin_to
+
+            pin_to(cores)
         result = job(*args, **kwargs)
-        conn.send(("ok", result))
+        if not serve:
+            conn.send(("ok", result))
+            return
+        loaded: Loaded = result
+        conn.send(("ok", (loaded.result, loaded.setup_s, loaded.threads)))
+        try:
+            _serve(conn, loaded.timer)
+        finally:
+            if loaded.close is not None:
+                loaded.close()
     except BaseException as err:  # everything must reach the parent as text
         text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
         # If the pipe itself fails, the exit code still tells the parent.
@@ -167,6 +225,18 @@ def _child_main(conn: Any, job: Callable[..., Any], args: tuple, kwargs: dict) -
         raise SystemExit(1) from None
     finally:
         conn.close()
+
+
+def _serve(conn: Any, timer: Timer) -> None:
+    while True:
+        try:
+            command = conn.recv()
+        except EOFError:  # the parent is gone: nothing left to answer
+            return
+        if command[0] == "stop":
+            return
+        _, warmup, repeat, number = command
+        conn.send(("ok", timer(warmup, repeat, number)))
 
 
 def _describe_exit(code: int | None) -> str:
@@ -181,11 +251,136 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+class Worker:
+    """One runtime in its own process, loaded once and timed round after round.
+
+    ``start(job, ...)`` spawns the child (pinned to ``cores`` when given) and returns what
+    its setup job reported; ``time(warmup, repeat, number)`` runs one round there and
+    returns its samples; ``close()`` (or leaving ``with``) stops it. Every request waits at
+    most ``timeout`` seconds; a crash, a timeout (the child is killed) or an exception in
+    the child raises :class:`MeasurementError` naming ``label``, and this process is
+    unaffected.
+    """
+
+    def __init__(self, label: str, *, timeout: float = 600, cores: Sequence[int] | None = None):
+        self.label, self.timeout = label, timeout
+        self.cores = None if cores is None else list(cores)
+        self.proc: Any = None
+        self.conn: Any = None
+        self._pid = 0
+        self.setup_s, self.threads = 0.0, 0
+
+    @property
+    def pid(self) -> int:
+        """The child's process id (kept after it stops, to name it in reports)."""
+        return self._pid
+
+    def start(self, job: Callable[..., Loaded], *args: Any, **kwargs: Any) -> Any:
+        """Spawn the child, run ``job`` there (it returns a :class:`Loaded`) and return
+        its ``result``."""
+        self._spawn(job, args, kwargs, serve=True)
+        result, self.setup_s, self.threads = self._receive()
+        return result
+
+    def run(self, job: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``job`` once in a fresh child and return its result (the child exits)."""
+        self._spawn(job, args, kwargs, serve=False)
+        try:
+            return self._receive()
+        finally:
+            self.close()
+
+    def time(self, warmup: int, repeat: int, number: int) -> list[float]:
+        """One round in the child: ``warmup`` untimed runs, then ``repeat`` samples (ms)."""
+        _check_protocol(warmup, repeat, number)
+        if self.proc is None:
+            raise MeasurementError(f"measuring {self.label}: the worker is not running")
+        self.conn.send(("time", warmup, repeat, number))
+        return self._receive()
+
+    def close(self) -> None:
+        """Stop the child (politely, then by force) and release the pipe."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(("stop",))
+        self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        self.conn.close()
+        self.proc = None
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _spawn(self, job: Callable[..., Any], args: tuple, kwargs: dict, serve: bool) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child_end = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(
+            target=_child_main,
+            args=(child_end, job, args, kwargs, self.cores, serve),
+            name=f"dlas-measure-{self.label}",
+        )
+        self.proc.start()
+        self._pid = int(self.proc.pid)
+        child_end.close()  # the child holds the only other end: EOF means it is gone
+
+    def _receive(self) -> Any:
+        """The child's next answer, or a :class:`MeasurementError` saying why there is
+        none (timed out: the child is killed; crashed; raised)."""
+        proc, conn, what = self.proc, self.conn, self.label
+        message: tuple[str, Any] | None = None
+        deadline = time.monotonic() + self.timeout
+        while message is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pid = proc.pid
+                self._kill()
+                raise MeasurementError(
+                    f"measuring {what} timed out after {self.timeout:g} s; child {pid} killed"
+                )
+            if conn.poll(min(remaining, 1.0)):
+                try:
+                    message = conn.recv()
+                except EOFError:  # child died without sending
+                    break
+            elif not proc.is_alive() and not conn.poll(0):
+                break
+        if message is None:
+            proc.join(30)
+            pid, code = proc.pid, proc.exitcode
+            self._kill()
+            raise MeasurementError(
+                f"measuring {what} crashed: child process {pid} {_describe_exit(code)}"
+                "; the generated code or its runtime faulted, so this point has no result"
+            )
+        status, payload = message
+        if status == "error":
+            self._kill()
+            last = payload.strip().splitlines()[-1] if payload.strip() else "unknown error"
+            raise MeasurementError(f"measuring {what} failed in its subprocess: {last}\n{payload}")
+        return payload
+
+    def _kill(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+        self.proc = None
+
+
 def measure_in_subprocess(
     job: Callable[..., T],
     *args: Any,
     timeout: float = 600,
     label: str | None = None,
+    cores: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> T:
     """Run ``job(*args, **kwargs)`` in a fresh process and return its result.
@@ -194,63 +389,18 @@ def measure_in_subprocess(
     child is started with ``spawn``, so it imports ``job``'s module anew and inherits no
     threads or locks from this process). A segfault, abort or ``os._exit`` in the child, a
     Python exception there, or exceeding ``timeout`` seconds (the child is then killed)
-    raises :class:`MeasurementError` here; this process is unaffected. ``timeout`` and
-    ``label`` (the point's name in messages) are not passed to ``job``.
+    raises :class:`MeasurementError` here; this process is unaffected. ``timeout``,
+    ``label`` (the point's name in messages) and ``cores`` (pin the child to them) are not
+    passed to ``job``.
 
     While it runs, this process holds the host's core lock exclusively
     (:mod:`dlas.hardware.cores`), so no other dlas job computes beside a measurement.
     """
     from dlas.hardware.cores import exclusive
 
-    with exclusive():
-        return _run_in_child(job, args, kwargs, timeout, label)
-
-
-def _run_in_child(
-    job: Callable[..., T], args: tuple, kwargs: dict, timeout: float, label: str | None
-) -> T:
     what = label or getattr(job, "__qualname__", repr(job))
-    ctx = multiprocessing.get_context("spawn")
-    receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=_child_main, args=(sender, job, args, kwargs), name=f"dlas-measure-{what}"
-    )
-    proc.start()
-    sender.close()  # the child holds the only write end: EOF means it is gone
-    message: tuple[str, Any] | None = None
-    try:
-        deadline = time.monotonic() + timeout
-        while message is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                proc.kill()
-                proc.join(5)
-                raise MeasurementError(
-                    f"measuring {what} timed out after {timeout:g} s; child {proc.pid} killed"
-                )
-            if receiver.poll(min(remaining, 1.0)):
-                try:
-                    message = receiver.recv()
-                except EOFError:  # child died without sending
-                    break
-            elif not proc.is_alive() and not receiver.poll(0):
-                break
-        proc.join(30)
-    finally:
-        receiver.close()
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5)
-    if message is None:
-        raise MeasurementError(
-            f"measuring {what} crashed: child process {proc.pid} {_describe_exit(proc.exitcode)}"
-            "; the generated code or its runtime faulted, so this point has no result"
-        )
-    status, payload = message
-    if status == "error":
-        last = payload.strip().splitlines()[-1] if payload.strip() else "unknown error"
-        raise MeasurementError(f"measuring {what} failed in its subprocess: {last}\n{payload}")
-    return payload
+    with exclusive():
+        return Worker(what, timeout=timeout, cores=cores).run(job, *args, **kwargs)
 
 
 # ------------------------------------------------------------------------- TVM modules
@@ -341,18 +491,78 @@ def run_tvm_module_batches(
     """Run an exported Relax module on each batch with one load (and, over RPC, one
     session and upload), e.g. to verify a compiled model on a test set; returns the single
     output of each batch."""
-    outputs: list[np.ndarray] = []
     if len(batches) == 0:
-        return outputs
+        return []
     with _LoadedVM(lib_path, [batches[0]], device) as loaded:
-        for batch in batches:
-            loaded.set_inputs([batch])
-            loaded.run()
-            result = loaded.outputs()
-            if len(result) != 1:
-                raise ValueError(f"{lib_path} returns {len(result)} outputs; expected 1")
-            outputs.append(result[0])
+        return _verify_tvm(loaded, lib_path, batches)
+
+
+def _tvm_samples(loaded: _LoadedVM, warmup: int, repeat: int, number: int) -> list[float]:
+    """One round with TVM's ``time_evaluator``, on the device itself (remote for
+    ``hardware=rpc``: network latency is not counted); it adds one discarded run of its
+    own after our ``warmup``."""
+    for _ in range(warmup):
+        loaded.run()
+    timer = loaded.vm.time_evaluator("invoke_stateful", loaded.dev, number=number, repeat=repeat)
+    return [float(s) * 1e3 for s in timer("main").results]
+
+
+def _verify_tvm(
+    loaded: _LoadedVM, lib_path: str, batches: Sequence[np.ndarray]
+) -> list[np.ndarray]:
+    outputs: list[np.ndarray] = []
+    for batch in batches:
+        loaded.set_inputs([batch])
+        loaded.run()
+        result = loaded.outputs()
+        if len(result) != 1:
+            raise ValueError(f"{lib_path} returns {len(result)} outputs; expected 1")
+        outputs.append(result[0])
     return outputs
+
+
+def _remote_round(
+    lib_path: str, example: np.ndarray, device: Device, warmup: int, repeat: int, number: int
+) -> list[float]:
+    """One round on an RPC device in a session of its own (see :func:`open_tvm`)."""
+    with _LoadedVM(lib_path, _as_list(example), device) as loaded:
+        return _tvm_samples(loaded, warmup, repeat, number)
+
+
+def open_tvm(
+    lib_path: str, batches: Sequence[np.ndarray], example: np.ndarray, device: Device
+) -> Loaded:
+    """A :class:`Worker` setup: load the module once, return its output on each
+    verification batch, then keep it loaded with ``example`` set for timing rounds.
+
+    On an RPC device the worker holds no session between requests: a TVM RPC server
+    serves one session at a time, so a second worker (``measure.compare`` with two TVM
+    compilers) would wait for it forever. Each round then opens its own session
+    (uploading the library again); the timing itself runs on the board as before.
+    """
+    if device.is_remote:
+        with _LoadedVM(lib_path, [batches[0] if len(batches) else example], device) as loaded:
+            outputs = _verify_tvm(loaded, lib_path, batches)
+            threads = loaded.threads
+        timer = functools.partial(_remote_round, lib_path, example, device)
+        return Loaded(outputs, timer, 0.0, threads)
+    loaded = _LoadedVM(lib_path, [batches[0] if len(batches) else example], device)
+    try:
+        outputs = _verify_tvm(loaded, lib_path, batches)
+    except BaseException:
+        loaded.__exit__()
+        raise
+    first = time.perf_counter()
+    loaded.set_inputs(_as_list(example))
+    loaded.run()  # first run on the timed input, untimed
+    setup_s = time.perf_counter() - first
+    return Loaded(
+        outputs,
+        functools.partial(_tvm_samples, loaded),
+        setup_s,
+        loaded.threads,
+        close=loaded.__exit__,
+    )
 
 
 def time_tvm_module(
@@ -376,10 +586,7 @@ def time_tvm_module(
         for _ in range(warmup):
             loaded.run()
         setup_s = time.perf_counter() - started
-        timer = loaded.vm.time_evaluator(
-            "invoke_stateful", loaded.dev, number=number, repeat=repeat
-        )
-        samples_ms = [float(s) * 1e3 for s in timer("main").results]
+        samples_ms = _tvm_samples(loaded, 0, repeat, number)
         threads = loaded.threads
     return Latency.from_samples(samples_ms, number=number, threads=threads, setup_s=setup_s)
 
@@ -394,10 +601,16 @@ def verify_and_time_tvm(
     repeat: int = 10,
     number: int = 5,
 ) -> tuple[list[np.ndarray], Latency]:
-    """Outputs on the verification batches, then the latency of ``example``: one child
-    process for both, so a point pays for one interpreter start-up, not two."""
-    outputs = run_tvm_module_batches(lib_path, batches, device)
-    latency = time_tvm_module(
-        lib_path, example, device, warmup=warmup, repeat=repeat, number=number
+    """Outputs on the verification batches, then the latency of ``example``: one load of
+    the module for both (what :func:`open_tvm` does in a worker, in one go)."""
+    _check_protocol(warmup, repeat, number)
+    loaded = open_tvm(lib_path, batches, example, device)
+    try:
+        samples = loaded.timer(warmup, repeat, number)
+    finally:
+        assert loaded.close is not None
+        loaded.close()
+    latency = Latency.from_samples(
+        samples, number=number, threads=loaded.threads, setup_s=loaded.setup_s
     )
-    return outputs, latency
+    return loaded.result, latency

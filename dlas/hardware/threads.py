@@ -3,23 +3,81 @@
 Why this needs care: TVM sizes its thread pool from ``TVM_NUM_THREADS``, else half the
 cores on x86 (it assumes hyper-threading), so on a 2-core VM without SMT TVM would silently
 run single-threaded next to a 2-thread PyTorch. DLAS compares the two, so both get the same
-count explicitly. This module imports neither TVM nor torch, so the PyTorch and
-onnxruntime baselines do not pay for importing TVM.
+count explicitly. And every count starts from the affinity mask, never ``os.cpu_count()``:
+under ``taskset`` or a container's CPU limit the machine's core count is not what this
+process may use, and a runtime sized from it oversubscribes the cores it has. This module
+imports neither TVM nor torch, so the PyTorch and onnxruntime baselines do not pay for
+importing TVM.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections.abc import Iterable
+
+log = logging.getLogger("dlas.hardware")
+
+
+def allowed_cores() -> list[int]:
+    """The CPU ids this process may run on (its affinity mask), sorted."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
 
 
 def available_cores() -> int:
     """Cores this process may run on: the affinity mask, not the machine's core count, so
     a container or ``taskset`` limit is respected."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return len(allowed_cores())
+
+
+def resolve_threads(threads: int) -> int:
+    """``threads``, or every core this process may run on for 0. An explicit count above
+    that is kept (the user asked for it) but said out loud: its runtimes oversubscribe."""
+    if threads < 0:
+        raise ValueError(f"threads={threads} must be >= 0 (0 = every core)")
+    cores = available_cores()
+    if threads > cores:
+        log.warning(
+            "threads=%d but this process may run on %d core(s) (affinity mask %s): "
+            "runtimes will oversubscribe them and latencies measure the contention",
+            threads,
+            cores,
+            allowed_cores(),
+        )
+    return threads or cores
+
+
+def timing_cores(threads: int = 0) -> list[int]:
+    """The cores a timed child is pinned to: ``threads`` of the allowed ones (0 = all).
+
+    The *last* ones, because Linux steers most device interrupts to the lowest-numbered
+    CPUs. Every runtime of a point gets the same cores: they are timed one after the
+    other, never together, so each sees the same caches and the same neighbours.
+    """
+    cores = allowed_cores()
+    count = min(resolve_threads(threads), len(cores))
+    return cores[len(cores) - count :]
+
+
+def pin_to(cores: Iterable[int]) -> None:
+    """Pin this whole process (every thread it has now; later threads inherit) to
+    ``cores``. ``os.sched_setaffinity(0, ...)`` alone moves only the calling thread, and a
+    spawned child already has numpy's BLAS threads by the time its job starts."""
+    import psutil
+
+    mask = set(cores)
+    if not hasattr(os, "sched_setaffinity"):  # not Linux: nothing to pin with
+        return
+    os.sched_setaffinity(0, mask)
+    for thread in psutil.Process().threads():
+        try:
+            os.sched_setaffinity(thread.id, mask)
+        except (ProcessLookupError, PermissionError):  # the thread ended meanwhile
+            continue
 
 
 def set_threads(threads: int = 0) -> int:
@@ -27,25 +85,27 @@ def set_threads(threads: int = 0) -> int:
 
     Sets ``TVM_NUM_THREADS`` / ``OMP_NUM_THREADS`` for libraries imported later and for
     child processes, reconfigures TVM's pool if TVM is loaded (its pool may already exist)
-    and calls ``torch.set_num_threads`` if torch is loaded. Returns the resolved count.
+    and calls ``torch.set_num_threads`` if torch is loaded, with one inter-op thread: a
+    batch-1 forward pass runs its operators one after another, and intra x inter threads
+    above the core count would oversubscribe. Returns the resolved count.
     """
-    if threads < 0:
-        raise ValueError(f"threads={threads} must be >= 0 (0 = every core)")
-    resolved = threads or available_cores()
+    resolved = resolve_threads(threads)
     os.environ["TVM_NUM_THREADS"] = str(resolved)
     os.environ["OMP_NUM_THREADS"] = str(resolved)
     if "tvm" in sys.modules:
         import tvm
 
-        try:
-            cpus = sorted(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cpus = list(range(os.cpu_count() or 1))
         # -3 = kSpecifyThreadShareAllCore: `resolved` workers, all allowed on every core.
         # (Mode 1, "big cores", cannot go above the pool's halved default.)
-        tvm.get_global_func("runtime.config_threadpool")(-3, resolved, [str(c) for c in cpus])
+        cpus = [str(c) for c in allowed_cores()]
+        tvm.get_global_func("runtime.config_threadpool")(-3, resolved, cpus)
     if "torch" in sys.modules:
         import torch
 
         torch.set_num_threads(resolved)
+        if torch.get_num_interop_threads() != 1:
+            try:
+                torch.set_num_interop_threads(1)
+            except RuntimeError:  # only possible before torch's first parallel work
+                log.debug("torch's inter-op pool already started; left at its size")
     return resolved
