@@ -63,7 +63,12 @@ class Point:
 
 
 def build_point(cfg: DictConfig) -> Point:
-    """Instantiate layers 1-3; any bad value raises here, naming it and its valid choices."""
+    """Instantiate layers 1-3; any bad value raises here, naming it and its valid choices.
+
+    Every RNG is seeded first: the model's initial weights are drawn here, and the stage
+    cache keys them by ``seed``, so the same seed must give the same weights in any process
+    (data splits take ``dataset.seed`` explicitly)."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data: ImageClassificationData = instantiate(cfg.dataset)
     compression: Compression = instantiate(cfg.compression)
     model: nn.Module = instantiate(
@@ -138,7 +143,7 @@ def train_stage(point: Point, trainer: Trainer, cache: StageCache, key: str) -> 
     hit = cache.load("train", key)
     if hit is not None:
         return hit, True
-    pl.seed_everything(point.cfg.seed, workers=True)
+    pl.seed_everything(point.cfg.seed, workers=True, verbose=False)
     start = time.perf_counter()
     model = trainer.fit(point.model, point.cfg.trainer.max_epochs, stage="train")
     train_s = time.perf_counter() - start
@@ -156,7 +161,7 @@ def compress_stage(
     hit = cache.load("compress", key)
     if hit is not None:
         return hit, True
-    pl.seed_everything(point.cfg.seed, workers=True)
+    pl.seed_everything(point.cfg.seed, workers=True, verbose=False)
     parent = baseline.model()
     start = time.perf_counter()
     model = point.compression.apply(copy.deepcopy(parent), point.data, trainer.finetuner())
