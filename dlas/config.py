@@ -193,7 +193,9 @@ class TrainerConf:
     weight_decay: float = 5e-4
     scheduler: str = "onecycle"  # onecycle | cosine | none
     label_smoothing: float = 0.0
-    deterministic: Any = "warn"
+    # Passed to Lightning's Trainer: true makes CPU training bit-reproducible for a seed
+    # (torch's deterministic algorithms; an op without one raises), "warn" only warns.
+    deterministic: Any = True
     progress_bar: Any = "auto"  # auto: rich bar on a terminal, quiet in CI / pipes
     limit_train_batches: Any = None
     limit_eval_batches: Any = None

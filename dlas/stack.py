@@ -33,7 +33,7 @@ from dlas.hardware.cores import computing
 from dlas.hardware.threads import resolve_threads  # the affinity mask, not os.cpu_count()
 from dlas.metrics import count_macs, memory_footprint, structure
 from dlas.models.export import export_model, load_program
-from dlas.tracking import RunLogger, flatten, setup_experiment, tracked_run
+from dlas.tracking import RunLogger, flatten, provenance, setup_experiment, tracked_run
 from dlas.tracking.sweep import (
     current_sweep,
     finished_run,
@@ -63,7 +63,12 @@ class Point:
 
 
 def build_point(cfg: DictConfig) -> Point:
-    """Instantiate layers 1-3; any bad value raises here, naming it and its valid choices."""
+    """Instantiate layers 1-3; any bad value raises here, naming it and its valid choices.
+
+    Every RNG is seeded first: the model's initial weights are drawn here, and the stage
+    cache keys them by ``seed``, so the same seed must give the same weights in any process
+    (data splits take ``dataset.seed`` explicitly)."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data: ImageClassificationData = instantiate(cfg.dataset)
     compression: Compression = instantiate(cfg.compression)
     model: nn.Module = instantiate(
@@ -130,11 +135,24 @@ def _measure(
     return {**trainer.evaluate(model, input_dtype), **count_macs(model, example)}
 
 
+def _active_run_id() -> str | None:
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else None
+
+
 def train_stage(point: Point, trainer: Trainer, cache: StageCache, key: str) -> tuple[Entry, bool]:
-    hit = cache.load("train", key)
-    if hit is not None:
-        return hit, True
-    pl.seed_everything(point.cfg.seed, workers=True)
+    """The trained baseline: from the cache, or trained and stored. The entry's lock is
+    held from lookup to store, so of several runs of one point at once only one trains;
+    the others wait and read its entry."""
+    with cache.hold("train", key):
+        hit = cache.load("train", key)
+        if hit is not None:
+            return hit, True
+        return _train(point, trainer, cache, key), False
+
+
+def _train(point: Point, trainer: Trainer, cache: StageCache, key: str) -> Entry:
+    pl.seed_everything(point.cfg.seed, workers=True, verbose=False)
     start = time.perf_counter()
     model = trainer.fit(point.model, point.cfg.trainer.max_epochs, stage="train")
     train_s = time.perf_counter() - start
@@ -143,16 +161,25 @@ def train_stage(point: Point, trainer: Trainer, cache: StageCache, key: str) -> 
         **_measure(model, trainer, point.data, torch.float32),
         **structure(model),
     }
-    return cache.save("train", key, meta=meta, model=model), False
+    return cache.save("train", key, meta=meta, model=model, run_id=_active_run_id())
 
 
 def compress_stage(
     point: Point, trainer: Trainer, cache: StageCache, key: str, baseline: Entry
 ) -> tuple[Entry, bool]:
-    hit = cache.load("compress", key)
-    if hit is not None:
-        return hit, True
-    pl.seed_everything(point.cfg.seed, workers=True)
+    """The compressed, fine-tuned model: from the cache, or computed and stored, under the
+    entry's lock like :func:`train_stage`."""
+    with cache.hold("compress", key):
+        hit = cache.load("compress", key)
+        if hit is not None:
+            return hit, True
+        return _compress(point, trainer, cache, key, baseline), False
+
+
+def _compress(
+    point: Point, trainer: Trainer, cache: StageCache, key: str, baseline: Entry
+) -> Entry:
+    pl.seed_everything(point.cfg.seed, workers=True, verbose=False)
     parent = baseline.model()
     start = time.perf_counter()
     model = point.compression.apply(copy.deepcopy(parent), point.data, trainer.finetuner())
@@ -167,7 +194,21 @@ def compress_stage(
         "report": point.compression.report,
     }
     eager = None if graph_only else model
-    return cache.save("compress", key, meta=meta, program=program, model=eager), False
+    return cache.save(
+        "compress", key, meta=meta, program=program, model=eager, run_id=_active_run_id()
+    )
+
+
+def entry_tags(cache: StageCache, **entries: Entry) -> dict[str, str]:
+    """Which cache entries a run's numbers are: how the report and resume pick, of several
+    runs of one point, the one that matches the model later runs reuse. None when the
+    shared cache is off (``use_cache=false``: the numbers are this run's alone)."""
+    if not cache.enabled:
+        return {}
+    tags: dict[str, str] = {}
+    for stage, entry in entries.items():
+        tags |= provenance.entry_tags(stage, entry.run_id, entry.written)
+    return tags
 
 
 def program_dtype(program: torch.export.ExportedProgram) -> tuple[torch.dtype, str]:
@@ -315,6 +356,7 @@ def _run_point(
         trainer = Trainer(cfg.trainer, point.data, RunLogger(cfg.tracking.uri, run))
         baseline, train_hit = train_stage(point, trainer, cache, keys["train"])
         compressed, compress_hit = compress_stage(point, trainer, cache, keys["compress"], baseline)
+        mlflow.set_tags(entry_tags(cache, train=baseline, compress=compressed))
         m = compressed.meta
         metrics = {
             "top1": m["top1"],
@@ -391,6 +433,7 @@ def _deploy_point(cfg: DictConfig, point: Point) -> dict[str, float]:
                     "model_uri=runs:/<run_id>/model"
                 )
             program_path, meta, reference = entry.program_path, entry.meta, entry.model()
+            mlflow.set_tags(provenance.entry_tags("compress", entry.run_id, entry.written))
         if meta:
             mlflow.log_metrics(
                 {

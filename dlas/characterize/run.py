@@ -32,6 +32,7 @@ from dlas.stack import (
     Point,
     build_point,
     compress_stage,
+    entry_tags,
     open_run,
     point_hash,
     previous_result,
@@ -143,6 +144,7 @@ def _characterize_point(
         trainer = Trainer(cfg.trainer, point.data, RunLogger(cfg.tracking.uri, run))
         baseline, train_hit = train_stage(point, trainer, cache, keys["train"])
         compressed, compress_hit = compress_stage(point, trainer, cache, keys["compress"], baseline)
+        mlflow.set_tags(entry_tags(cache, train=baseline, compress=compressed))
         batches = sample_batches(
             point.data, settings.samples, settings.batch_size, point.compression.input_dtype
         )

@@ -22,6 +22,7 @@ from dlas.report.analysis import (
     top1_as_percent,
 )
 from dlas.report.form_function import path_metric_columns
+from dlas.tracking.provenance import STAGES, preference
 from dlas.tracking.store import sqlite_path
 
 # plain column -> MLflow param / metric / tag name
@@ -64,6 +65,8 @@ TAGS = {
     "entry": "dlas.entry",
     "run_name": "mlflow.runName",
 }
+# which cache entries a run's numbers came from: picks the run to show (newest_per_config)
+PROVENANCE_TAGS = tuple(f"dlas.{stage}_{what}" for stage in STAGES for what in ("run", "written"))
 
 
 def default_uri() -> str:
@@ -168,6 +171,8 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
         points[column] = pd.to_numeric(_column(runs, f"metrics.{metric}"), errors="coerce")
     for column, tag in TAGS.items():
         points[column] = _column(runs, f"tags.{tag}")
+    for tag in PROVENANCE_TAGS:
+        points[tag] = _column(runs, f"tags.{tag}")
     points["top1"] = top1_as_percent(points["top1"])
     tvm = points["compiler"].map(is_tvm)
     points["label"] = [
@@ -185,9 +190,20 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def newest_per_config(points: pd.DataFrame) -> pd.DataFrame:
-    """Keep the newest run of each ``config_hash``: re-running a point supersedes it. Runs
-    without a hash (logged by hand, older code) are all kept."""
-    newest_first = points.sort_values("start_time", ascending=False, kind="stable")
+    """Keep one run of each ``config_hash``: the one whose numbers are the cached model's
+    (:func:`dlas.tracking.provenance.preference`; with no cache tags, the newest: re-running
+    a point supersedes it). Runs without a hash (logged by hand, older code) are all kept."""
+    keys = [
+        preference(tags, run_id, start)
+        for tags, run_id, start in zip(
+            points[list(PROVENANCE_TAGS)].to_dict("records"),
+            points["run_id"],
+            points["start_time"].map(lambda t: t.timestamp() if hasattr(t, "timestamp") else t),
+            strict=True,
+        )
+    ]
+    order = sorted(range(len(keys)), key=keys.__getitem__, reverse=True)
+    newest_first = points.iloc[order]
     hashed = newest_first["config_hash"].notna() & (newest_first["config_hash"] != "")
     keep = ~newest_first["config_hash"].duplicated() | ~hashed
     return newest_first[keep]

@@ -32,6 +32,7 @@ from mlflow.entities import Run
 from omegaconf import DictConfig
 
 from dlas.cache import config_hash
+from dlas.tracking.provenance import preference
 
 log = logging.getLogger("dlas.tracking")
 
@@ -89,17 +90,20 @@ def process_tags() -> dict[str, str]:
 
 
 def finished_run(experiment_id: str, point_hash: str) -> Run | None:
-    """The newest FINISHED run of this exact resolved config, if there is one."""
+    """The FINISHED run of this exact resolved config to reuse, if there is one: of
+    several, the one whose numbers are the cached model's (:func:`preference`)."""
     found = mlflow.search_runs(
         experiment_ids=[experiment_id],
         filter_string=(
             f"tags.`dlas.config_hash` = '{point_hash}' and attributes.status = 'FINISHED'"
         ),
         order_by=["attributes.start_time DESC"],
-        max_results=1,
+        max_results=1000,
         output_format="list",
     )
-    return found[0] if found else None
+    if not found:
+        return None
+    return max(found, key=lambda r: preference(r.data.tags, r.info.run_id, r.info.start_time))
 
 
 def _orphaned(run: Run, host: str) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pytorch_lightning as pl
@@ -32,6 +34,22 @@ def show_progress(setting: Any) -> bool:
     if setting == "auto":
         return sys.stderr.isatty() and not os.environ.get("CI")
     return bool(setting)
+
+
+@contextlib.contextmanager
+def torch_determinism_restored() -> Iterator[None]:
+    """Lightning's Trainer switches torch's deterministic mode for the whole process
+    (``trainer.deterministic``); keep that to training and evaluation, so that export,
+    compilation and measurement afterwards run as they would on their own (deterministic
+    mode also fills every new tensor with NaN, a cost there is no reason to pay there)."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 class Trainer:
@@ -88,7 +106,8 @@ class Trainer:
         self, model: nn.Module, epochs: int, lr: float | None = None, stage: str = "train"
     ) -> nn.Module:
         module = self._module(model, lr if lr is not None else self.cfg.lr)
-        self._lightning(epochs, stage).fit(module, datamodule=self.data)
+        with torch_determinism_restored():
+            self._lightning(epochs, stage).fit(module, datamodule=self.data)
         return module.model
 
     def finetuner(self, stage: str = "finetune"):
@@ -100,6 +119,7 @@ class Trainer:
     ) -> dict[str, float]:
         """Test-set top-1/top-5 in percent."""
         module = self._module(model, self.cfg.lr, input_dtype)
-        trainer = self._lightning(1, None)
-        (result,) = trainer.test(module, datamodule=self.data, verbose=False)
+        with torch_determinism_restored():
+            trainer = self._lightning(1, None)
+            (result,) = trainer.test(module, datamodule=self.data, verbose=False)
         return {"top1": 100.0 * result["test/top1"], "top5": 100.0 * result["test/top5"]}
