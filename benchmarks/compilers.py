@@ -54,21 +54,30 @@ def dense(algorithm: str) -> Any:
     return OmegaConf.structured(AlgorithmConf(name=algorithm))
 
 
-def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, float]:
+def zoo_point(
+    name: str, stem: str, work: Path
+) -> tuple[torch.export.ExportedProgram, torch.Tensor, Path, np.ndarray]:
+    """A zoo model at 3x32x32 with random weights and randomized BatchNorm statistics (so
+    folding is real work), exported and saved under ``work``; with eager's output."""
     torch.manual_seed(0)
-    model = get_model(name, num_classes=10, in_channels=3, input_size=32, stem=args.stem).eval()
+    model = get_model(name, num_classes=10, in_channels=3, input_size=32, stem=stem).eval()
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
     x = torch.randn(1, 3, 32, 32)
     program = torch.export.export(model, (x,))
-    path = work / f"{name}.pt2"
+    path = work / f"{name}-{stem}.pt2"
     torch.export.save(program, path)
-    device = get_device("cpu", threads=args.threads)
-    protocol = {"warmup": args.warmup, "repeat": args.repeat, "number": args.number}
     with torch.no_grad():
         expected = model(x).numpy()
+    return program, x, path, expected
+
+
+def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, float]:
+    program, x, path, expected = zoo_point(name, args.stem, work)
+    device = get_device("cpu", threads=args.threads)
+    protocol = {"warmup": args.warmup, "repeat": args.repeat, "number": args.number}
     row: dict[str, float] = {}
 
     def check(compiler: str, output: np.ndarray) -> None:

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
+from compilers import zoo_point  # benchmarks/ is this script's directory
 from omegaconf import OmegaConf
 
 from dlas.algorithms import ALGORITHMS
@@ -34,7 +34,7 @@ from dlas.config import AlgorithmConf
 from dlas.deployment import VerificationError, disagreement
 from dlas.hardware import get_device
 from dlas.hardware.cores import computing
-from dlas.models import ZOO, get_model
+from dlas.models import ZOO
 
 HERE = Path(__file__).parent
 BEGIN, END = "<!-- untuned:begin -->", "<!-- untuned:end -->"
@@ -48,20 +48,9 @@ def cpu_model() -> str:
 
 
 def time_point(name: str, stem: str, algorithms: list[str], args, work: Path) -> dict:
-    torch.manual_seed(0)
-    model = get_model(name, num_classes=10, in_channels=3, input_size=32, stem=stem).eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    x = torch.randn(1, 3, 32, 32)
-    program = torch.export.export(model, (x,))
-    path = work / f"{name}-{stem}.pt2"
-    torch.export.save(program, path)
+    program, x, path, expected = zoo_point(name, stem, work)
     device = get_device("cpu", threads=args.threads)
     protocol = {"warmup": args.warmup, "repeat": args.repeat, "number": args.number}
-    with torch.no_grad():
-        expected = model(x).numpy()
     _, eager = measure_in_subprocess(
         verify_and_time_baseline,
         "pytorch",

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import tvm
-from tvm import s_tir, tirx
+from tvm import tirx
 from tvm.s_tir import Schedule
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
@@ -58,18 +58,10 @@ def vector_bits(target: tvm.target.Target) -> int:
 
     Read from the target's features, not ``llvm_get_vector_width`` (which reports the
     host's width whatever ``mcpu`` says, so an AVX2 preset would get AVX-512 defaults)."""
-    from tvm.target.codegen import target_has_features
-
-    if target.kind.name != "llvm":
-        return 128
-    with target:
-        for feature, bits in (("avx512f", 512), ("avx2", 256), ("avx", 256)):
-            try:
-                if target_has_features(feature, target):
-                    return bits
-            except Exception:  # noqa: BLE001 - not an x86 target (aarch64 NEON: 128)
-                break
-    return 128
+    for feature, bits in (("avx512f", 512), ("avx2", 256), ("avx", 256)):
+        if has_feature(target, feature):
+            return bits
+    return 128  # SSE, or not x86 (aarch64 NEON)
 
 
 def target_lanes(dtype: str) -> int:
@@ -302,16 +294,11 @@ def _is_vectorized(sch: Schedule, loop: LoopRV) -> bool:
 
 def root_blocks(sch: Schedule) -> list[SBlockRV]:
     """The blocks directly under the kernel's root, in program order."""
-    root = sch.get_sblock("root") if _has_root(sch) else None
-    return list(sch.get_child_blocks(root)) if root is not None else []
-
-
-def _has_root(sch: Schedule) -> bool:
     try:
-        sch.get_sblock("root")
-    except Exception:  # noqa: BLE001 - TVM's own error type
-        return False
-    return True
+        root = sch.get_sblock("root")
+    except Exception:  # noqa: BLE001 - TVM's own error type: a kernel without a root
+        return []
+    return list(sch.get_child_blocks(root))
 
 
 def is_scheduled(func: tirx.PrimFunc) -> bool:
@@ -336,7 +323,6 @@ __all__ = [
     "schedule_stage",
     "vectorize_inner",
     "vector_bits",
-    "s_tir",
 ]
 
 

@@ -37,7 +37,10 @@ from dlas.algorithms.schedule import (
 
 def anchor_of(sch: s_tir.Schedule) -> str | None:
     """The name of the kernel's layer-4 anchor block, if it has one."""
-    names = {sch.get(block).name_hint for block in root_blocks(sch)}
+    return _anchor_in([sch.get(block).name_hint for block in root_blocks(sch)])
+
+
+def _anchor_in(names: list[str]) -> str | None:
     return next((name for name in ANCHORS if name in names), None)
 
 
@@ -54,12 +57,12 @@ def apply_schedule(sch: s_tir.Schedule, target: tvm.target.Target, tunable: bool
     """Schedule the kernel held by ``sch`` in place (MetaSchedule's ``ScheduleFn`` calls
     this on its own schedule, so the template's instructions land in the search trace)."""
     knobs = Knobs.for_target(sch, target, tunable)
-    anchor = anchor_of(sch)
     blocks = root_blocks(sch)
     names = [sch.get(b).name_hint for b in blocks]
+    anchor = _anchor_in(names)
     producers = blocks[: names.index(anchor)] if anchor else blocks
-    for block in producers:
-        if sch.get(block).name_hint not in OWN_STAGES:
+    for block, name in zip(producers, names, strict=False):
+        if name not in OWN_STAGES:
             schedule_stage(sch, block, knobs)
     if anchor is not None:
         try:
