@@ -7,9 +7,11 @@ from omegaconf import DictConfig
 
 import dlas  # noqa: F401  (registers the config schemas)
 import dlas.characterize  # noqa: F401  (registers the characterize schema)
+from dlas.cli import entry, task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="characterize")
+@task
 def main(cfg: DictConfig) -> float:
     from dlas.characterize.run import characterize_point
 
@@ -17,4 +19,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

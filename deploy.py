@@ -5,9 +5,11 @@ import hydra
 from omegaconf import DictConfig
 
 import dlas  # noqa: F401  (registers the config schemas)
+from dlas.cli import entry, task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@task
 def main(cfg: DictConfig) -> float:
     from dlas.stack import deploy_point
 
@@ -15,4 +17,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

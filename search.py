@@ -5,9 +5,11 @@ import hydra
 from omegaconf import DictConfig
 
 import dlas  # noqa: F401  (registers the config schemas)
+from dlas.cli import entry, task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="search")
+@task
 def main(cfg: DictConfig) -> None:
     from pathlib import Path
 
@@ -23,4 +25,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

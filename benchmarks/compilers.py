@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import tempfile
 from collections import Counter
@@ -33,19 +32,16 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from results import load_rows, save_rows, write_section  # benchmarks/ is on sys.path
+from timing import time_baseline, time_tvm
 
 from dlas.algorithms import BEST, CHOICES
 from dlas.compiler import tvm_relax
-from dlas.compiler.baselines import verify_and_time_baseline
-from dlas.compiler.measure import measure_in_subprocess, verify_and_time_tvm
 from dlas.config import AlgorithmConf
 from dlas.deployment import VerificationError, disagreement
 from dlas.hardware import get_device, host_cpu
 from dlas.hardware.cores import computing
 from dlas.models import ZOO, get_model
-
-HERE = Path(__file__).parent
-BEGIN, END = "<!-- compilers:begin -->", "<!-- compilers:end -->"
 
 
 def dense(algorithm: str) -> Any:
@@ -54,17 +50,24 @@ def dense(algorithm: str) -> Any:
     return OmegaConf.structured(AlgorithmConf(name=algorithm))
 
 
-def zoo_point(
-    name: str, stem: str, work: Path
-) -> tuple[torch.export.ExportedProgram, torch.Tensor, Path, np.ndarray]:
-    """A zoo model at 3x32x32 with random weights and randomized BatchNorm statistics (so
-    folding is real work), exported and saved under ``work``; with eager's output."""
+def zoo_model(name: str, stem: str) -> torch.nn.Module:
+    """A zoo model for 3x32x32 inputs with random weights (seed 0) and randomized
+    BatchNorm statistics, so that folding is real work."""
     torch.manual_seed(0)
     model = get_model(name, num_classes=10, in_channels=3, input_size=32, stem=stem).eval()
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def zoo_point(
+    name: str, stem: str, work: Path
+) -> tuple[torch.export.ExportedProgram, torch.Tensor, Path, np.ndarray]:
+    """:func:`zoo_model` exported at batch 1 and saved under ``work``; with its input and
+    eager's output."""
+    model = zoo_model(name, stem)
     x = torch.randn(1, 3, 32, 32)
     program = torch.export.export(model, (x,))
     path = work / f"{name}-{stem}.pt2"
@@ -88,19 +91,8 @@ def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, flo
             raise VerificationError(f"{name} {compiler}: max |out - eager| {err:.2e} > {limit:.0e}")
 
     for kind in ("pytorch", "torch_compile", "onnxruntime"):
-        output, lat = measure_in_subprocess(
-            verify_and_time_baseline,
-            kind,
-            path,
-            path,
-            x.numpy(),
-            x.numpy(),
-            threads=device.threads,
-            **protocol,
-            label=f"{name} {kind}",
-        )
+        output, row[kind] = time_baseline(kind, path, x.numpy(), device, protocol, f"{name} {kind}")
         check(kind, output)
-        row[kind] = lat.median_ms
     untuned = "direct" if args.algorithm == BEST else args.algorithm
     for compiler, algorithm, tuning in (
         ("tvm_untuned", untuned, None),
@@ -113,17 +105,10 @@ def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, flo
         built = tvm_relax.build(
             program, x, device, dense(algorithm), work / f"{name}-{compiler}", tuning
         )
-        outputs, lat = measure_in_subprocess(
-            verify_and_time_tvm,
-            str(built.library),
-            [x.numpy()],
-            x.numpy(),
-            device,
-            **protocol,
-            label=f"{name} {compiler}",
+        output, row[compiler] = time_tvm(
+            built.library, x.numpy(), device, protocol, f"{name} {compiler}"
         )
-        check(compiler, outputs[0])
-        row[compiler] = lat.median_ms
+        check(compiler, output)
         if tuning is not None:
             row["tune_s"] = built.info["tuning_cost_s"]  # also when the database is reused
             row["trials"] = built.info["tuning_trials"]
@@ -176,8 +161,7 @@ def main() -> None:
     parser.add_argument("--tuning-dir", type=Path, default=Path(".cache/dlas/tuning"))
     parser.add_argument("--no-write", action="store_true", help="print, do not edit README.md")
     args = parser.parse_args()
-    results = HERE / "compilers.json"
-    rows = json.loads(results.read_text()) if results.exists() and not args.no_write else {}
+    rows = load_rows("compilers.json", fresh=args.no_write)
     machine = f"{platform.machine()} {host_cpu()}, {args.threads or 'all'} threads"
     # Hold the host's core lock: other dlas jobs wait while this measures or tunes.
     with tempfile.TemporaryDirectory(prefix="dlas-bench-") as tmp, computing():
@@ -192,16 +176,9 @@ def main() -> None:
             )
             rows[name if args.algorithm == "direct" else f"{name} ({args.algorithm})"] = row
             if not args.no_write:  # one model at a time: a stopped run keeps what it measured
-                results.write_text(json.dumps(rows, indent=1) + "\n")
-                write_readme(table(rows))
+                save_rows("compilers.json", rows)
+                write_section("compilers", table(rows))
     print(table(rows))
-
-
-def write_readme(text: str) -> None:
-    readme = HERE / "README.md"
-    before, rest = readme.read_text().split(BEGIN)
-    _, after = rest.split(END)
-    readme.write_text(f"{before}{BEGIN}\n{text}\n{END}{after}")
 
 
 if __name__ == "__main__":

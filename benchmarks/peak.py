@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 
 import numpy as np
 import tvm
+from results import cpu_model  # benchmarks/ is on sys.path
 from tvm import te
 
 from dlas.algorithms.schedule import vector_bits
@@ -63,10 +63,8 @@ def main() -> None:
     parser.add_argument("--mcpu", default=host_cpu())
     args = parser.parse_args()
     target = tvm.target.Target({"kind": "llvm", "mcpu": args.mcpu, "num-cores": args.threads})
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    model = next((x.split(":", 1)[1].strip() for x in lscpu.splitlines() if "Model name" in x), "?")
     result = {
-        "cpu": model,
+        "cpu": cpu_model(),
         "mcpu": args.mcpu,
         "threads": args.threads,
         "vector_bits": vector_bits(target),

@@ -16,53 +16,30 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
-import subprocess
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from compilers import zoo_point  # benchmarks/ is this script's directory
 from omegaconf import OmegaConf
+from results import cpu_model, load_rows, save_rows, write_section
+from timing import time_baseline, time_tvm
 
 from dlas.algorithms import ALGORITHMS
 from dlas.compiler import tvm_relax
-from dlas.compiler.baselines import verify_and_time_baseline
-from dlas.compiler.measure import measure_in_subprocess, verify_and_time_tvm
 from dlas.config import AlgorithmConf
 from dlas.deployment import VerificationError, disagreement
 from dlas.hardware import get_device
 from dlas.hardware.cores import computing
 from dlas.models import ZOO
 
-HERE = Path(__file__).parent
-BEGIN, END = "<!-- untuned:begin -->", "<!-- untuned:end -->"
-
-
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    return next(
-        (line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line), "?"
-    )
-
 
 def time_point(name: str, stem: str, algorithms: list[str], args, work: Path) -> dict:
     program, x, path, expected = zoo_point(name, stem, work)
     device = get_device("cpu", threads=args.threads)
     protocol = {"warmup": args.warmup, "repeat": args.repeat, "number": args.number}
-    _, eager = measure_in_subprocess(
-        verify_and_time_baseline,
-        "pytorch",
-        path,
-        path,
-        x.numpy(),
-        x.numpy(),
-        threads=device.threads,
-        **protocol,
-        label=f"{name} eager",
-    )
-    row: dict = {"pytorch": eager.median_ms}
+    _, eager_ms = time_baseline("pytorch", path, x.numpy(), device, protocol, f"{name} eager")
+    row: dict = {"pytorch": eager_ms}
     for algorithm in algorithms:
         for schedule in ("none", "default"):
             built = tvm_relax.build(
@@ -74,19 +51,12 @@ def time_point(name: str, stem: str, algorithms: list[str], args, work: Path) ->
                 None,
                 schedule,
             )
-            outputs, lat = measure_in_subprocess(
-                verify_and_time_tvm,
-                str(built.library),
-                [x.numpy()],
-                x.numpy(),
-                device,
-                **protocol,
-                label=f"{name} {algorithm} {schedule}",
-            )
-            err, limit = disagreement(np.asarray(outputs[0]), expected, "float32")
+            label = f"{name} {algorithm} {schedule}"
+            output, ms = time_tvm(built.library, x.numpy(), device, protocol, label)
+            err, limit = disagreement(output, expected, "float32")
             if err > limit:
-                raise VerificationError(f"{name} {algorithm} {schedule}: max err {err:.2e}")
-            row[f"{algorithm}/{schedule}"] = lat.median_ms
+                raise VerificationError(f"{label}: max err {err:.2e}")
+            row[f"{algorithm}/{schedule}"] = ms
             row[f"{algorithm}/{schedule}/err"] = err
     print(name, stem, row, flush=True)
     return row
@@ -132,8 +102,7 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=10)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    results = HERE / "untuned.json"
-    rows = json.loads(results.read_text()) if results.exists() and not args.no_write else {}
+    rows = load_rows("untuned.json", fresh=args.no_write)
     cpu = f"{cpu_model()} ({platform.machine()}), {args.threads or 'all'} threads"
     with tempfile.TemporaryDirectory(prefix="dlas-bench-") as tmp, computing():
         for name in args.models:
@@ -142,23 +111,9 @@ def main() -> None:
                 row.update(date=datetime.date.today().isoformat(), cpu=cpu)
                 rows[f"{name} ({stem})"] = row
                 if not args.no_write:
-                    results.write_text(json.dumps(rows, indent=1) + "\n")
-                    write_readme(table(rows))
+                    save_rows("untuned.json", rows)
+                    write_section("untuned", table(rows))
     print(table(rows))
-
-
-def write_readme(text: str) -> None:
-    readme = HERE / "README.md"
-    content = readme.read_text()
-    if BEGIN not in content:
-        content += (
-            "\n## TVM untuned: default schedules vs plain loop nests (issue 14)\n\n"
-            "`python benchmarks/untuned.py` (machine otherwise idle).\n\n"
-            f"{BEGIN}\n{END}\n"
-        )
-    before, rest = content.split(BEGIN)
-    _, after = rest.split(END)
-    readme.write_text(f"{before}{BEGIN}\n{text}\n{END}{after}")
 
 
 if __name__ == "__main__":

@@ -2,20 +2,54 @@
 
 Each YAML option pulls its schema in with ``/schema/<group>/<option>@_here_``, so a
 misspelt key or a wrong type in a YAML file or on the command line is an error at
-compose time instead of a silently ignored value. Value ranges (``amount`` in [0, 1),
-existing dataset roots...) are checked by the component constructors, which run
-before any MLflow run is opened.
+compose time instead of a silently ignored value. A field's valid values (a range, a
+list of choices) sit beside it in its schema (:func:`ranged`, :func:`one_of`) and
+:func:`check_config` checks them; what needs more than the field itself (``amount``
+per compression, existing dataset roots, algorithm/format pairs) is checked by the
+component constructors and ``dlas.deployment.check_layers``. All of it runs before any
+MLflow run is opened (``dlas.stack.validated``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dlas.algorithms import ALGORITHMS
+from dlas.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("onecycle", "cosine", "none")
+
+
+def ranged(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A schema field whose value must lie in a range (None, for optional fields, passes)."""
+    rule = {k: v for k, v in {"ge": ge, "gt": gt, "le": le, "lt": lt}.items() if v is not None}
+    return field(default=default, metadata={"range": rule})
+
+
+def one_of(default: Any, choices: tuple[Any, ...]) -> Any:
+    """A schema field whose value must be one of ``choices``."""
+    return field(default=default, metadata={"choices": choices})
+
+
+def _batches(default: Any = None) -> Any:
+    """Lightning's ``limit_*_batches``: null (all), a count >= 0, or a fraction in [0, 1]."""
+    return field(default=default, metadata={"batches": True})
+
 
 # ---------------------------------------------------------------- layer 1: dataset
 
@@ -24,9 +58,9 @@ from dlas.algorithms import ALGORITHMS
 class DatasetConf:
     _target_: str = "dlas.data.get_datamodule"
     name: str = MISSING
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    num_workers: int = 0
+    batch_size: int = ranged(128, ge=1)
+    eval_batch_size: int = ranged(256, ge=1)
+    num_workers: int = ranged(0, ge=0)
     seed: int = "${seed}"  # type: ignore[assignment]
 
 
@@ -36,7 +70,7 @@ class PackagedDigitsConf(DatasetConf):
 
     val_fraction: float = 0.1
     test_fraction: float = 0.2
-    image_size: int = 32
+    image_size: int = ranged(32, ge=1)
 
 
 @dataclass
@@ -50,7 +84,7 @@ class Cifar10Conf(DatasetConf):
 @dataclass
 class ImageNetConf(DatasetConf):
     root: str | None = None
-    image_size: int = 224
+    image_size: int = ranged(224, ge=1)
     classes: Any = None  # null (all), an int N (first N sorted wnids) or a list of wnids
     val_fraction: float = 0.02
     augment: bool = True
@@ -58,10 +92,10 @@ class ImageNetConf(DatasetConf):
 
 @dataclass
 class SyntheticConf(DatasetConf):
-    num_samples: int = 512
-    image_size: int = 32
-    in_channels: int = 3
-    num_classes: int = 10
+    num_samples: int = ranged(512, ge=1)
+    image_size: int = ranged(32, ge=1)
+    in_channels: int = ranged(3, ge=1)
+    num_classes: int = ranged(10, ge=2)
     val_fraction: float = 0.125
     test_fraction: float = 0.125
 
@@ -79,9 +113,9 @@ class ModelConf:
 
 @dataclass
 class PatternConf(ModelConf):
-    depth: int = 2  # blocks per stage
-    width: int = 16  # channels of the first stage (doubling per stage)
-    stages: int = 3
+    depth: int = ranged(2, ge=1)  # blocks per stage
+    width: int = ranged(16, ge=1)  # channels of the first stage (doubling per stage)
+    stages: int = ranged(3, ge=1)
 
 
 # ---------------------------------------------------------------- layer 3: compression
@@ -91,8 +125,8 @@ class PatternConf(ModelConf):
 class CompressionConf:
     _target_: str = "dlas.compression.get_compression"
     name: str = MISSING
-    finetune_epochs: int = 0
-    finetune_lr: float = 0.01
+    finetune_epochs: int = ranged(0, ge=0)
+    finetune_lr: float = ranged(0.01, gt=0)
 
 
 @dataclass
@@ -121,8 +155,8 @@ class QuantConf(CompressionConf):
 class AlgorithmConf:
     name: str = MISSING
     data_format: str = "dense"
-    sparsity_threshold: float = 0.0
-    block_size: int = 4
+    sparsity_threshold: float = ranged(0.0, ge=0, le=1)
+    block_size: int = ranged(4, ge=1)
     fallback: str = "direct"
     # name=best: the algorithms each layer chooses among by tuned time (first wins ties)
     candidates: list[str] = field(default_factory=lambda: list(ALGORITHMS))
@@ -133,9 +167,9 @@ class CompilerConf:
     name: str = MISSING
     # TVM only: default = each kernel's default schedule (dlas.algorithms; DLAS's "untuned"),
     # none = TVM's plain loop nests (what dlas measured as untuned before schedules existed)
-    schedule: str = "default"
-    trials: int = 0  # MetaSchedule trials in total (tvm_autoschedule); 0: tasks x per task
-    trials_per_task: int = 0  # 0: no per-task cap
+    schedule: str = one_of("default", ("default", "none"))
+    trials: int = ranged(0, ge=0)  # MetaSchedule trials in total; 0: tasks x per task
+    trials_per_task: int = ranged(0, ge=0)  # 0: no per-task cap
     tune_ops: list[str] = field(default_factory=lambda: ["conv2d", "matmul", "dense"])
     work_dir: str = "${cache_dir}/tuning"  # tuning databases, keyed by workload and target
 
@@ -144,25 +178,28 @@ class CompilerConf:
 class MeasureConf:
     """The verification and latency protocol every compiler goes through."""
 
-    batch_size: int = 1
-    warmup: int = 1
-    repeat: int = 10
-    number: int = 3
-    verify_samples: int = 256
-    tolerance: float | None = None  # null: by compute dtype (see dlas.deployment.tolerance)
-    timeout_s: float = 900
+    batch_size: int = ranged(1, ge=1)
+    warmup: int = ranged(1, ge=0)
+    repeat: int = ranged(10, ge=1)
+    number: int = ranged(3, ge=1)
+    verify_samples: int = ranged(256, ge=1)
+    # null: by compute dtype (see dlas.deployment.tolerance)
+    tolerance: float | None = ranged(None, gt=0)
+    timeout_s: float = ranged(900, gt=0)
     # The repeats are split over this many rounds alternating between the compiled path(s)
     # and eager PyTorch (each in its own process), so a speedup compares one machine state.
-    rounds: int = 5
+    rounds: int = ranged(5, ge=1)
     # A timing attempt is noisy when a runtime's samples vary more than max_cv (std/mean)
     # or other processes use more than max_cpu_load of the timed cores before or during it;
     # a noisy attempt is retried `retries` times, then tagged dlas.noisy (strict: fails).
-    max_cv: float = 0.1
-    max_cpu_load: float = 0.25
-    retries: int = 2
+    max_cv: float = ranged(0.1, gt=0)
+    max_cpu_load: float = ranged(0.25, ge=0, le=1)
+    retries: int = ranged(2, ge=0)
     strict: bool = False
-    load_probe_s: float = 0.5  # seconds of reading the cores' load before each attempt
-    retry_wait_s: float = 2.0  # pause before the first retry, doubled before each next one
+    # seconds of reading the cores' load before each attempt
+    load_probe_s: float = ranged(0.5, ge=0)
+    # pause before the first retry, doubled before each next one
+    retry_wait_s: float = ranged(2.0, ge=0)
     # More compilers verified and timed in the same run as compiler=, next to the same eager
     # reference: logged as <compiler>/latency_ms_median, <compiler>/speedup_vs_torch, ...
     compare: list[str] = field(default_factory=list)
@@ -171,13 +208,13 @@ class MeasureConf:
 @dataclass
 class HardwareConf:
     name: str = MISSING
-    threads: int = 0  # 0: every core of the host
+    threads: int = ranged(0, ge=0)  # 0: every core of the host
     target: Any = None
     # ISA presets (hardware=cpu_avx2, ...): what narrower CPU this target emulates, logged
     emulates: str | None = None
     target_host: Any = None
     host: str | None = None
-    port: int | None = None
+    port: int | None = ranged(None, ge=1, le=65535)
     key: str | None = None
 
 
@@ -186,19 +223,20 @@ class HardwareConf:
 
 @dataclass
 class TrainerConf:
-    max_epochs: int = 3
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    scheduler: str = "onecycle"  # onecycle | cosine | none
-    label_smoothing: float = 0.0
+    max_epochs: int = ranged(3, ge=0)
+    optimizer: str = one_of("sgd", OPTIMIZERS)
+    lr: float = ranged(0.1, gt=0)
+    momentum: float = ranged(0.9, ge=0, lt=1)
+    weight_decay: float = ranged(5e-4, ge=0)
+    scheduler: str = one_of("onecycle", SCHEDULERS)
+    label_smoothing: float = ranged(0.0, ge=0, lt=1)
     # Passed to Lightning's Trainer: true makes CPU training bit-reproducible for a seed
     # (torch's deterministic algorithms; an op without one raises), "warn" only warns.
-    deterministic: Any = True
-    progress_bar: Any = "auto"  # auto: rich bar on a terminal, quiet in CI / pipes
-    limit_train_batches: Any = None
-    limit_eval_batches: Any = None
+    deterministic: Any = one_of(True, ("warn", True, False))
+    # auto: rich bar on a terminal, quiet in CI / pipes
+    progress_bar: Any = one_of("auto", ("auto", True, False))
+    limit_train_batches: Any = _batches()
+    limit_eval_batches: Any = _batches()
 
 
 @dataclass
@@ -253,6 +291,62 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "tracking": {"base": TrackingConf},
     "measure": {"base": MeasureConf},
 }
+
+
+_COMPARE = {
+    "ge": (operator.ge, ">="),
+    "gt": (operator.gt, ">"),
+    "le": (operator.le, "<="),
+    "lt": (operator.lt, "<"),
+}
+
+
+def _interval(rule: dict[str, float]) -> str:
+    lo = f"[{rule['ge']:g}" if "ge" in rule else f"({rule['gt']:g}" if "gt" in rule else "(-inf"
+    hi = f"{rule['le']:g}]" if "le" in rule else f"{rule['lt']:g})" if "lt" in rule else "inf)"
+    return f"{lo}, {hi}"
+
+
+def check_value(name: str, value: Any, meta: Any) -> None:
+    """Raise :class:`ConfigError` naming ``name=value`` and what is valid, if it is not."""
+    if value is None:
+        return
+    if "choices" in meta:
+        choices = meta["choices"]
+        if not any(value == c and type(value) is type(c) for c in choices):
+            valid = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
+            raise ConfigError(f"{name}={value!r}; valid choices: {valid}")
+    if "batches" in meta:
+        count = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        fraction = isinstance(value, float) and 0 <= value <= 1
+        if not (count or fraction):
+            raise ConfigError(
+                f"{name}={value!r}; valid values: null (all), a batch count >= 0, "
+                "or a fraction in [0, 1]"
+            )
+    rule = meta.get("range")
+    if rule:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = number and math.isfinite(value)
+        if not (ok and all(_COMPARE[op][0](value, limit) for op, limit in rule.items())):
+            if len(rule) == 1:
+                ((op, limit),) = rule.items()
+                raise ConfigError(f"{name}={value!r} must be {_COMPARE[op][1]} {limit:g}")
+            raise ConfigError(f"{name}={value!r} is outside {_interval(rule)}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Check every schema field that declares its valid values (see :func:`ranged`)."""
+    for group in SCHEMAS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            continue
+        schema = OmegaConf.get_type(node)
+        if schema is None or not dataclasses.is_dataclass(schema):
+            continue
+        for f in dataclasses.fields(schema):
+            if f.metadata and f.name in node:
+                check_value(f"{group}.{f.name}", node[f.name], f.metadata)
 
 
 def register_configs() -> None:

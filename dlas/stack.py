@@ -1,9 +1,11 @@
 """One point of the Deep Learning Acceleration Stack, run end to end and logged.
 
-``run_point(cfg)``: build every layer from its config (all validation happens here,
-before an MLflow run exists), then inside one MLflow run: train the baseline (or load
-it from the stage cache), compress and fine-tune it (or load that), evaluate, measure
-its structure, and log all of it under one schema shared by every point.
+``run_point(cfg)``: check every config value and build every layer from its config
+(``validated``: all validation happens here, before an MLflow run exists, and a bad
+value is a one-line :class:`dlas.errors.ConfigError`), then inside one MLflow run: train
+the baseline (or load it from the stage cache), compress and fine-tune it (or load
+that), evaluate, measure its structure, and log all of it under one schema shared by
+every point.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from torch import nn
 
 from dlas.cache import Entry, StageCache, config_hash
 from dlas.compression import Compression
+from dlas.config import check_config
 from dlas.data import ImageClassificationData
+from dlas.errors import ConfigError, as_config_errors
 from dlas.hardware.cores import computing
 from dlas.hardware.threads import resolve_threads  # the affinity mask, not os.cpu_count()
 from dlas.metrics import count_macs, memory_footprint, structure
 from dlas.models.export import export_model, load_program
-from dlas.tracking import RunLogger, flatten, provenance, setup_experiment, tracked_run
+from dlas.tracking import RunLogger, TrackedRun, flatten, provenance, setup_experiment, tracked_run
 from dlas.tracking.sweep import (
     current_sweep,
     finished_run,
@@ -135,9 +139,10 @@ def _measure(
     return {**trainer.evaluate(model, input_dtype), **count_macs(model, example)}
 
 
-def _active_run_id() -> str | None:
-    run = mlflow.active_run()
-    return run.info.run_id if run is not None else None
+def _run_id(trainer: Trainer) -> str | None:
+    """The run that trains this entry (its provenance in the cache)."""
+    logger = trainer.logger
+    return logger.run.run_id if logger is not None else None
 
 
 def train_stage(point: Point, trainer: Trainer, cache: StageCache, key: str) -> tuple[Entry, bool]:
@@ -161,7 +166,7 @@ def _train(point: Point, trainer: Trainer, cache: StageCache, key: str) -> Entry
         **_measure(model, trainer, point.data, torch.float32),
         **structure(model),
     }
-    return cache.save("train", key, meta=meta, model=model, run_id=_active_run_id())
+    return cache.save("train", key, meta=meta, model=model, run_id=_run_id(trainer))
 
 
 def compress_stage(
@@ -195,7 +200,7 @@ def _compress(
     }
     eager = None if graph_only else model
     return cache.save(
-        "compress", key, meta=meta, program=program, model=eager, run_id=_active_run_id()
+        "compress", key, meta=meta, program=program, model=eager, run_id=_run_id(trainer)
     )
 
 
@@ -224,9 +229,14 @@ def program_dtype(program: torch.export.ExportedProgram) -> tuple[torch.dtype, s
 
 
 def deploy_and_log(
-    cfg: DictConfig, device: Any, point: Point, program_path: Path, reference: nn.Module
+    cfg: DictConfig,
+    device: Any,
+    point: Point,
+    program_path: Path,
+    reference: nn.Module,
+    run: TrackedRun,
 ) -> dict[str, float]:
-    """Layers 4-6 on a compressed model, logged into the active run."""
+    """Layers 4-6 on a compressed model, logged into ``run``."""
     from dlas.deployment import deploy
     from dlas.hardware import last_level_cache_bytes
 
@@ -247,11 +257,11 @@ def deploy_and_log(
             Path(tmp),
             Path(cfg.compiler.work_dir),
         )
-        mlflow.log_params(result.params)
-        mlflow.set_tags(result.tags)
-        mlflow.log_metrics(result.metrics | footprint)
-        mlflow.log_dict({"layers": result.layers}, "layers.json")
-        mlflow.log_artifact(str(result.artifact), "compiled")
+        run.log_params(result.params)
+        run.set_tags(result.tags)
+        run.log_metrics(result.metrics | footprint)
+        run.log_dict({"layers": result.layers}, "layers.json")
+        run.log_artifact(result.artifact, "compiled")
     return result.metrics | footprint
 
 
@@ -302,27 +312,35 @@ def open_run(cfg: DictConfig, entry: str, tags: dict[str, str]):
     )
 
 
-def check_systems_layers(cfg: DictConfig) -> Any:
-    """Layers 4-6 are validated inside the run, before training: a bad choice (winograd
-    with csr, cuda without a GPU, an unreachable tracker) ends the run FAILED, named."""
-    if not cfg.deploy:
-        return None
-    from dlas.deployment import check_layers
+def validated(cfg: DictConfig, systems: bool) -> tuple[Point, Any]:
+    """Every value of a point, checked before any run opens: the schemas' ranges and
+    choices (``dlas.config.check_config``), layers 1-3 by building them, and with
+    ``systems`` layers 4-6 (``check_layers``: algorithm/format pairs, compilers, hardware
+    reachable). Returns the point and its device; raises a one-line ConfigError."""
+    with as_config_errors():
+        check_config(cfg)
+        point = build_point(cfg)
+        device = None
+        if systems:
+            from dlas.deployment import check_layers
 
-    return check_layers(cfg)
+            device = check_layers(cfg)
+    return point, device
 
 
-def resumable(
-    cfg: DictConfig, entry: str, body: Callable[[DictConfig, Point], dict[str, float]]
-) -> dict[str, float]:
-    """Validate, reuse a finished identical point if resuming, else run ``body`` while
-    holding the host's core lock shared (measurements inside take it exclusively)."""
-    point = build_point(cfg)
+Body = Callable[[DictConfig, Point, Any], dict[str, float]]
+
+
+def resumable(cfg: DictConfig, entry: str, body: Body, systems: bool) -> dict[str, float]:
+    """Validate, reuse a finished identical point if resuming, else run ``body`` (given
+    the point and its device) while holding the host's core lock shared (measurements
+    inside take it exclusively)."""
+    point, device = validated(cfg, systems)
     done = previous_result(cfg, entry)
     if done is not None:
         return done
     with computing():
-        return body(cfg, point)
+        return body(cfg, point, device)
 
 
 #: Looks at a point's layer 1-3 metrics; a returned reason stops it before layers 4-6.
@@ -338,11 +356,12 @@ def run_point(
     FINISHED without deployment, tagged ``dlas.pruned`` with the reason, and the metrics
     returned carry ``pruned = 1``.
     """
-    return resumable(cfg, "train", functools.partial(_run_point, tags=tags or {}, gate=gate))
+    body = functools.partial(_run_point, tags=tags or {}, gate=gate)
+    return resumable(cfg, "train", body, systems=bool(cfg.deploy))
 
 
 def _run_point(
-    cfg: DictConfig, point: Point, tags: dict[str, str], gate: Gate | None
+    cfg: DictConfig, point: Point, device: Any, tags: dict[str, str], gate: Gate | None
 ) -> dict[str, float]:
     threads = resolve_threads(cfg.hardware.threads)
     torch.set_num_threads(threads)
@@ -350,13 +369,12 @@ def _run_point(
     cache = StageCache(cfg.cache_dir, enabled=cfg.use_cache)
     tags = {"dlas.train_key": keys["train"], "dlas.compress_key": keys["compress"], **tags}
     with open_run(cfg, "train", tags) as run:
-        mlflow.log_params(run_params(point, threads))
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        device = check_systems_layers(cfg)
+        run.log_params(run_params(point, threads))
+        run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         trainer = Trainer(cfg.trainer, point.data, RunLogger(cfg.tracking.uri, run))
         baseline, train_hit = train_stage(point, trainer, cache, keys["train"])
         compressed, compress_hit = compress_stage(point, trainer, cache, keys["compress"], baseline)
-        mlflow.set_tags(entry_tags(cache, train=baseline, compress=compressed))
+        run.set_tags(entry_tags(cache, train=baseline, compress=compressed))
         m = compressed.meta
         metrics = {
             "top1": m["top1"],
@@ -376,66 +394,102 @@ def _run_point(
         }
         metrics["sparsity"] = m["sparsity"]
         metrics["channels_kept"] = m["conv_channels"] / baseline.meta["conv_channels"]
-        mlflow.log_metrics(metrics)
-        mlflow.set_tag("cache_hit", str(compress_hit).lower())
-        mlflow.log_dict(m["report"], "compression_report.json")
-        mlflow.log_artifact(str(compressed.program_path), "model")
-        mlflow.log_dict(compressed.meta | {"baseline": baseline.meta}, "model/meta.json")
+        run.log_metrics(metrics)
+        run.set_tag("cache_hit", str(compress_hit).lower())
+        run.log_dict(m["report"], "compression_report.json")
+        run.log_artifact(compressed.program_path, "model")
+        run.log_dict(compressed.meta | {"baseline": baseline.meta}, "model/meta.json")
         reason = gate(metrics) if gate is not None else None
         if reason is not None:
-            mlflow.set_tag("dlas.pruned", reason)
+            run.set_tag("dlas.pruned", reason)
             log.info("stopped before deployment: %s", reason)
             return metrics | {"pruned": 1.0}
         if device is not None:
             metrics |= deploy_and_log(
-                cfg, device, point, compressed.program_path, compressed.model()
+                cfg, device, point, compressed.program_path, compressed.model(), run
             )
     return metrics
 
 
-def model_from_uri(uri: str) -> tuple[Path, dict[str, Any]]:
+def check_model_uri(uri: str, tracking_uri: str) -> None:
+    """A ``runs:/<id>/<path>`` model_uri must name a run of this store that holds a
+    model: say which run, its status and its error instead of MLflow's "Failed to
+    download artifacts"."""
+    if not uri.startswith("runs:/"):
+        return
+    run_id, _, path = uri[len("runs:/") :].partition("/")
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as err:
+        raise ConfigError(
+            f"model_uri={uri}: the tracking store {tracking_uri} has no run {run_id!r}"
+        ) from err
+    target = path if path.endswith("model.pt2") else f"{path}/model.pt2".lstrip("/")
+    folder = target.rpartition("/")[0] or None
+    if target in {a.path for a in client.list_artifacts(run_id, folder)}:
+        return
+    status, error = run.info.status, run.data.tags.get("error")
+    why = f" (error: {' '.join(error.split())[:200]})" if error else ""
+    holds = ", ".join(a.path for a in client.list_artifacts(run_id)) or "nothing"
+    raise ConfigError(
+        f"model_uri={uri}: run {run_id} is {status}{why} and has no model.pt2 under "
+        f"{path or '/'!r} (it holds: {holds}); give the runs:/<id>/model of a train.py run "
+        "that got past compression"
+    )
+
+
+def model_from_uri(uri: str, tracking_uri: str) -> tuple[Path, dict[str, Any]]:
     """The compressed program and metadata that an earlier train.py run logged."""
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    check_model_uri(uri, tracking_uri)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
     folder = local if local.is_dir() else local.parent
     program, meta = folder / "model.pt2", folder / "meta.json"
     if not program.exists():
-        raise FileNotFoundError(f"model_uri={uri!r} holds no model.pt2 (expected runs:/<id>/model)")
+        raise ConfigError(f"model_uri={uri!r} holds no model.pt2 (expected runs:/<id>/model)")
     return program, json.loads(meta.read_text()) if meta.exists() else {}
+
+
+def deploy_source(
+    cfg: DictConfig, compress_key: str
+) -> tuple[Path, dict[str, Any], nn.Module, dict[str, str]]:
+    """The compressed model deploy.py works on: (program, metadata, eager reference, the
+    run tags saying where it came from), from ``model_uri`` or the stage cache; found
+    before the run opens."""
+    with as_config_errors():
+        if cfg.model_uri:
+            program_path, meta = model_from_uri(cfg.model_uri, cfg.tracking.uri)
+            tags = {"dlas.model_uri": cfg.model_uri}
+            return program_path, meta, load_program(program_path).module(), tags
+        entry = StageCache(cfg.cache_dir).load("compress", compress_key)
+        if entry is None:
+            raise ConfigError(
+                f"no trained+compressed model in {cfg.cache_dir} for dataset="
+                f"{cfg.dataset.name} model={cfg.model.name} compression={cfg.compression.name} "
+                "with these settings: run train.py with the same overrides first, or pass "
+                "model_uri=runs:/<run_id>/model"
+            )
+        tags = provenance.entry_tags("compress", entry.run_id, entry.written)
+        return entry.program_path, entry.meta, entry.model(), tags
 
 
 def deploy_point(cfg: DictConfig) -> dict[str, float]:
     """Layers 4-6 alone, on the compressed model of the same upstream layers (stage
     cache) or of ``model_uri``; never trains. Logs a run with the train.py schema."""
-    return resumable(cfg, "deploy", _deploy_point)
+    return resumable(cfg, "deploy", _deploy_point, systems=True)
 
 
-def _deploy_point(cfg: DictConfig, point: Point) -> dict[str, float]:
+def _deploy_point(cfg: DictConfig, point: Point, device: Any) -> dict[str, float]:
     threads = resolve_threads(cfg.hardware.threads)
     torch.set_num_threads(threads)
     keys = stage_keys(point)
-    with open_run(cfg, "deploy", {"dlas.compress_key": keys["compress"]}):
-        mlflow.log_params(run_params(point, threads))
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        from dlas.deployment import check_layers
-
-        device = check_layers(cfg)
-        if cfg.model_uri:
-            program_path, meta = model_from_uri(cfg.model_uri)
-            reference = load_program(program_path).module()
-            mlflow.set_tag("dlas.model_uri", cfg.model_uri)
-        else:
-            entry = StageCache(cfg.cache_dir).load("compress", keys["compress"])
-            if entry is None:
-                raise FileNotFoundError(
-                    f"no trained+compressed model in {cfg.cache_dir} for dataset="
-                    f"{cfg.dataset.name} model={cfg.model.name} compression={cfg.compression.name} "
-                    "with these settings: run train.py with the same overrides first, or pass "
-                    "model_uri=runs:/<run_id>/model"
-                )
-            program_path, meta, reference = entry.program_path, entry.meta, entry.model()
-            mlflow.set_tags(provenance.entry_tags("compress", entry.run_id, entry.written))
+    program_path, meta, reference, source_tags = deploy_source(cfg, keys["compress"])
+    with open_run(cfg, "deploy", {"dlas.compress_key": keys["compress"]}) as run:
+        run.log_params(run_params(point, threads))
+        run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        run.set_tags(source_tags)
         if meta:
-            mlflow.log_metrics(
+            run.log_metrics(
                 {
                     k: meta[k]
                     for k in (
@@ -451,4 +505,4 @@ def _deploy_point(cfg: DictConfig, point: Point) -> dict[str, float]:
                 }
                 | {"size_bytes": program_path.stat().st_size}
             )
-        return deploy_and_log(cfg, device, point, program_path, reference)
+        return deploy_and_log(cfg, device, point, program_path, reference, run)

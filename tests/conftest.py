@@ -43,7 +43,9 @@ torch.set_num_threads(2)
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> dict[str, str]:
-    """A tracking URI and cache dir private to one test."""
+    """A tracking URI and cache dir private to one test. The store's folder exists (dlas
+    refuses to create a sqlite store in a missing folder); its database does not yet."""
+    (tmp_path / "mlruns").mkdir()
     return {
         "uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
         "cache": str(tmp_path / "cache"),
@@ -92,8 +94,11 @@ def start_entry(script: str, *args: str, log: Path) -> subprocess.Popen:
     )
 
 
-def run_entry(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = _env()
+def run_entry(
+    script: str, *args: str, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run an entry point to its end; ``env`` adds to (or overrides) the test environment."""
+    env = _env() | (env or {})
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args],
         cwd=ROOT,

@@ -62,6 +62,7 @@ def _args(uri: str, cache: str, *extra: str) -> list[str]:
 def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A trained tiny network in a stage cache, so each deploy.py below only deploys."""
     root = tmp_path_factory.mktemp("busy")
+    (root / "train").mkdir()  # a sqlite store's folder must exist (dlas.tracking.store)
     uri = f"sqlite:///{root}/train/mlflow.db"
     proc = _entry("train.py", _args(uri, str(root / "cache"), "deploy=false"), root, root / "t.log")
     assert proc.wait(timeout=600) == 0, (root / "t.log").read_text()[-3000:]
@@ -71,6 +72,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
 def deploy(tmp: Path, cache: str, *extra: str, hog: bool) -> tuple[int, object, str]:
     """deploy.py on the cached network, with the hog over its timing if ``hog``: (exit
     code, its MLflow run, its log)."""
+    (tmp / "mlruns").mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
     log = tmp / "deploy.log"
     proc = _entry("deploy.py", _args(uri, cache, *extra), tmp / "tmp", log)

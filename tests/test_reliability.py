@@ -60,6 +60,7 @@ def manifest(path: Path) -> dict:
 def test_one_seed_gives_bit_identical_models_and_metrics_in_two_processes(tmp_path):
     procs = []
     for i in range(2):
+        (tmp_path / f"mlruns{i}").mkdir()  # a sqlite store's folder must exist
         args = [
             f"tracking.uri=sqlite:///{tmp_path}/mlruns{i}/mlflow.db",
             f"cache_dir={tmp_path}/cache{i}",

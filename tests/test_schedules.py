@@ -265,6 +265,7 @@ def test_tuning_measures_the_default_first_and_never_loses_to_it(tmp_path: Path)
         assert cost["default_ms"] is not None and cost["default_ms"] > 0
         assert cost["best_ms"] <= cost["default_ms"]
         assert cost["trials"] >= 2  # the default record plus the searched ones
+        assert cost["best_from"] in ("default", "template", "generic")
     again = tvm_relax.build(program, x, device, algorithm_cfg("direct"), tmp_path / "b", tuning)
     assert again.tune_s == 0.0  # re-applied, not re-tuned
     outputs = []
@@ -273,6 +274,32 @@ def test_tuning_measures_the_default_first_and_never_loses_to_it(tmp_path: Path)
         outputs.append(vm["main"](tvm.runtime.tensor(x.numpy()))[0].numpy())
     np.testing.assert_array_equal(outputs[0], outputs[1])
     np.testing.assert_allclose(outputs[0], model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_records_space_is_read_from_its_trace() -> None:
+    """tasks.json says which space each task's winner came from: the default schedule,
+    our template's sampled knobs or MetaSchedule's generic space."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from dlas.compiler.template_tuning import space_of
+
+    target = tvm.target.Target(AVX512)
+    mod, _ = lowered("spatial_pack", torch.randn(1, 3, 11, 10), target)
+    name, func = next(
+        (g.name_hint, f)
+        for g, f in mod.functions_items()
+        if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in g.name_hint
+    )
+    assert space_of(schedule_kernel(func, target, tunable=False).trace) == "default", name
+    assert space_of(schedule_kernel(func, target, tunable=True, seed=1).trace) == "template"
+    context = ms.TuneContext(
+        mod=tvm.IRModule({"main": func}),
+        target=target,
+        space_generator="post-order-apply",
+        num_threads=1,
+    )
+    generic = context.generate_design_space()
+    assert generic and {space_of(s.trace) for s in generic} == {"generic"}
 
 
 def int8_conv_module(weight: np.ndarray, stride: int) -> tvm.IRModule:

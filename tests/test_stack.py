@@ -107,7 +107,7 @@ def test_bad_input_fails_early_and_clearly(workdir, bad, message):
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
     # rejected before any MLflow run was opened: the store was never even created
-    assert not (Path(workdir["tmp"]) / "mlruns").exists()
+    assert not (Path(workdir["tmp"]) / "mlruns" / "mlflow.db").exists()
 
 
 # ... and the same checks in-process for the other values (same code path, no start-up cost).
@@ -128,7 +128,7 @@ def test_bad_input_fails_early_and_clearly(workdir, bad, message):
 def test_bad_config_values_are_rejected_before_a_run(workdir, bad, message):
     with pytest.raises(Exception, match=re.escape(message)):
         run_point(compose(*overrides(workdir, *bad.split())))
-    assert not (Path(workdir["tmp"]) / "mlruns").exists()
+    assert not (Path(workdir["tmp"]) / "mlruns" / "mlflow.db").exists()
 
 
 def test_group_choice_errors_list_valid_options(workdir):

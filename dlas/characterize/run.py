@@ -1,10 +1,11 @@
 """``python characterize.py``: characterize one stack point's model and log it.
 
-The model is the stack's: ``build_point`` validates the layers, and the baseline and
-the compressed model come from the stage cache under the keys ``train.py`` uses, so a
-point trained or compressed before is never recomputed (and one that was not is trained
-here, exactly as ``train.py`` would, into the same cache). Everything runs inside the
-host's core lock (``computing()``), as every dlas job that computes does.
+The model is the stack's: ``validated`` checks every value and builds the layers, and
+the baseline and the compressed model come from the stage cache under the keys
+``train.py`` uses, so a point trained or compressed before is never recomputed (and one
+that was not is trained here, exactly as ``train.py`` would, into the same cache).
+Everything runs inside the host's core lock (``computing()``), as every dlas job that
+computes does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -30,7 +30,6 @@ from dlas.hardware.cores import computing
 from dlas.report.tables import write_table
 from dlas.stack import (
     Point,
-    build_point,
     compress_stage,
     entry_tags,
     open_run,
@@ -40,6 +39,7 @@ from dlas.stack import (
     run_params,
     stage_keys,
     train_stage,
+    validated,
 )
 from dlas.tracking import RunLogger, flatten
 from dlas.training import Trainer
@@ -112,7 +112,7 @@ def characterize_point(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("characterize") is None:
         raise ValueError("no characterize settings: run characterize.py (conf/characterize.yaml)")
     settings = validate(cfg.characterize)
-    point = build_point(cfg)
+    point, _ = validated(cfg, systems=False)
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         cfg.tracking.run_name = run_name(cfg)
@@ -139,12 +139,12 @@ def _characterize_point(
     name = str(cfg.tracking.run_name)
     out_dir = Path(settings.out or Path("reports") / "characterize" / name)
     with open_run(cfg, ENTRY, tags) as run:
-        mlflow.log_params(run_params(point, threads) | flatten("characterize", asdict(settings)))
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        run.log_params(run_params(point, threads) | flatten("characterize", asdict(settings)))
+        run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         trainer = Trainer(cfg.trainer, point.data, RunLogger(cfg.tracking.uri, run))
         baseline, train_hit = train_stage(point, trainer, cache, keys["train"])
         compressed, compress_hit = compress_stage(point, trainer, cache, keys["compress"], baseline)
-        mlflow.set_tags(entry_tags(cache, train=baseline, compress=compressed))
+        run.set_tags(entry_tags(cache, train=baseline, compress=compressed))
         batches = sample_batches(
             point.data, settings.samples, settings.batch_size, point.compression.input_dtype
         )
@@ -161,10 +161,10 @@ def _characterize_point(
             "train_cache_hit": float(train_hit),
             "cache_hit": float(compress_hit),
         }
-        mlflow.log_metrics(metrics)
+        run.log_metrics(metrics)
         paths = write_outputs(result, name, out_dir)
         for path in paths:
-            mlflow.log_artifact(str(path))
+            run.log_artifact(path)
         log.info("characterization of %s: %s", name, out_dir)
     return metrics
 

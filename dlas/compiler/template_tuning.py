@@ -84,6 +84,20 @@ class TaskCost:
     trials: int
     default_ms: float | None
     best_ms: float | None
+    #: which space the best record came from: ``default`` (the untuned schedule),
+    #: ``template`` (our template with sampled knobs) or ``generic`` (MetaSchedule's own)
+    best_from: str | None = None
+
+
+def space_of(trace: Any) -> str:
+    """Which search space a record's trace was drawn from. MetaSchedule's generic space
+    marks every tiled block with ``meta_schedule.tiling_structure`` (or, for kernels it
+    does not tile, the root's ``meta_schedule.parallel`` annotations); our template
+    samples knobs without either; the default schedule samples nothing."""
+    text = str(trace)
+    if "meta_schedule." in text:
+        return "generic"
+    return "template" if "sample_" in text else "default"
 
 
 def commit_default_schedules(tasks: list, work_dir: Path, builder: Any, runner: Any) -> dict:
@@ -136,18 +150,27 @@ def task_costs(tasks: list, work_dir: Path, default_ms: dict) -> list[TaskCost]:
     costs = []
     for task in tasks:
         mod = task.dispatched[0]
-        best_ms, trials = None, 0
+        best_ms, trials, best_from = None, 0, None
         if database.has_workload(mod):
             workload = database.commit_workload(mod)
             records = database.get_top_k(workload, 1 << 20)
             trials = len(records)
-            times = [
-                sum(float(s) for s in r.run_secs) / len(r.run_secs) for r in records if r.run_secs
+            timed = [
+                (sum(float(s) for s in r.run_secs) / len(r.run_secs), r)
+                for r in records
+                if r.run_secs
             ]
-            best_ms = 1e3 * min(times) if times else None
+            if timed:
+                secs, best = min(timed, key=lambda t: t[0])
+                best_ms, best_from = 1e3 * secs, space_of(best.trace)
         costs.append(
             TaskCost(
-                task.task_name, float(task.weight), trials, default_ms.get(task.task_name), best_ms
+                task.task_name,
+                float(task.weight),
+                trials,
+                default_ms.get(task.task_name),
+                best_ms,
+                best_from,
             )
         )
     return costs

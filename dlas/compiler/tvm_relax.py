@@ -411,6 +411,7 @@ def build(
             names.append("metaschedule_tune")
         tune_s, trials = database.tune_s, database.trials
         info["tuning_cost_s"] = database.cost_s
+        info["tuning_dir"] = str(database.work_dir)  # its tasks.json: per-task costs
         with target, tvm.transform.PassContext(opt_level=3):
             mod = relax.transform.MetaScheduleApplyDatabase(str(database.work_dir))(mod)
         names.append("apply_tuning_database")

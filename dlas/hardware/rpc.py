@@ -25,13 +25,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlas.errors import UserError
 from dlas.hardware.threads import available_cores
 
 DEFAULT_RPC_KEY = "dlas"
 
 
-class HardwareUnavailableError(RuntimeError):
-    """The configured hardware cannot be used: no GPU, tracker unreachable, key not served."""
+class HardwareUnavailableError(UserError, RuntimeError):
+    """The configured hardware cannot be used: no GPU, tracker unreachable, key not served.
+    The message says what to start or set, so the entry points print it as one line."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:

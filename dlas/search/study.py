@@ -19,7 +19,6 @@ import socket
 import warnings
 from typing import Any
 
-import mlflow
 import optuna
 from filelock import FileLock
 from hydra import compose
@@ -142,6 +141,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         from dlas.stack import run_point
+        from dlas.tracking import last_run
 
         s = self.cfg.search
         point = suggest_point(trial, s.space)
@@ -159,9 +159,9 @@ class Objective:
             trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
             raise
         finally:
-            last = mlflow.last_active_run()
-            if last is not None and last.data.tags.get("dlas.trial") == str(trial.number):
-                trial.set_user_attr("run_id", last.info.run_id)
+            last = last_run()
+            if last is not None and last.tags.get("dlas.trial") == str(trial.number):
+                trial.set_user_attr("run_id", last.run_id)
         if metrics.get("pruned"):
             raise optuna.TrialPruned("constraint violated before deployment")
         limit = s.constraints.max_latency_ms

@@ -10,18 +10,30 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dlas.tracking.mlflow_run import RunLogger, flatten, tracked_run
-    from dlas.tracking.store import setup_experiment, sqlite_path
+    from dlas.tracking.mlflow_run import RunLogger, TrackedRun, flatten, last_run, tracked_run
+    from dlas.tracking.store import check_store, setup_experiment, sqlite_path
 
 _WHERE = {
     "RunLogger": "mlflow_run",
+    "TrackedRun": "mlflow_run",
     "flatten": "mlflow_run",
+    "last_run": "mlflow_run",
     "tracked_run": "mlflow_run",
+    "check_store": "store",
     "setup_experiment": "store",
     "sqlite_path": "store",
 }
 
-__all__ = ["RunLogger", "flatten", "setup_experiment", "sqlite_path", "tracked_run"]
+__all__ = [
+    "RunLogger",
+    "TrackedRun",
+    "check_store",
+    "flatten",
+    "last_run",
+    "setup_experiment",
+    "sqlite_path",
+    "tracked_run",
+]
 
 
 def __getattr__(name: str) -> Any:

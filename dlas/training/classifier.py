@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("onecycle", "cosine", "none")
+from dlas.config import OPTIMIZERS, SCHEDULERS  # the trainer schema's choices
 
 
 class Classifier(pl.LightningModule):
