@@ -118,6 +118,8 @@ def time_row(name: str, compression: str, algorithm: str, data_format: str, args
         row[f"tune_s/{budget}"] = built.info["tuning_cost_s"]
         row[f"trials/{budget}"] = built.info["tuning_trials"]
         row[f"best_from/{budget}"] = dict(Counter(c["best_from"] for c in task_costs(built)))
+        # dlas keeps whichever of the tuned and untuned programs is faster end to end
+        row[f"end_to_end/{budget}"] = built.info.get("end_to_end")
     print(name, compression, algorithm, data_format, row, flush=True)
     return row
 
@@ -126,6 +128,15 @@ def task_costs(built: Any) -> list[dict]:
     """The tuning's ``tasks.json`` (per task: trials, default ms, best ms, best_from)."""
     path = Path(built.info["tuning_dir"]) / "tasks.json"
     return json.loads(path.read_text()) if path.exists() else []
+
+
+def kept_mark(row: dict, budget: int) -> str:
+    """A dagger where the end-to-end check kept the untuned program (its tuned time is
+    then the untuned program's), a double dagger where the row predates the check."""
+    decided = row.get(f"end_to_end/{budget}")
+    if decided is None:
+        return "‡"
+    return "†" if decided["kept"] == "untuned" else ""
 
 
 def pct(row: dict, column: str) -> str:
@@ -144,8 +155,8 @@ def table(rows: dict[str, dict]) -> str:
     )
     head = (
         "| point | eager ms | onnxruntime ms | none ms | untuned ms | "
-        + " | ".join(f"tuned {b} ms (tuning s)" for b in budgets)
-        + " | best / onnxruntime | % of peak (untuned, best tuned) "
+        + "".join(f"tuned {b} ms (tuning s) | " for b in budgets)
+        + "best / onnxruntime | % of peak (untuned, best tuned) "
         "| winners (default / template / generic) | measured |\n"
     )
     head += "|---" * (len(budgets) + 9) + "|\n"
@@ -153,7 +164,9 @@ def table(rows: dict[str, dict]) -> str:
     for key, r in rows.items():
         tuned = [b for b in budgets if f"tuned/{b}" in r]
         cells = [
-            f"{r[f'tuned/{b}']:.2f} ({r[f'tune_s/{b}']:.0f})" if b in tuned else "-"
+            f"{r[f'tuned/{b}']:.2f}{kept_mark(r, b)} ({r[f'tune_s/{b}']:.0f})"
+            if b in tuned
+            else "-"
             for b in budgets
         ]
         best = min([r["default"], *(r[f"tuned/{b}"] for b in tuned)])
@@ -169,17 +182,20 @@ def table(rows: dict[str, dict]) -> str:
             f"| {key} | {r['pytorch']:.2f} | "
             + (f"{r['onnxruntime']:.2f}" if "onnxruntime" in r else "-")
             + f" | {r['none']:.1f} | **{r['default']:.2f}** | "
-            + " | ".join(cells)
-            + f" | {ort} | {pct(r, 'default')}, {pct(r, best_col)} | {winners} "
+            + "".join(f"{c} | " for c in cells)
+            + f"{ort} | {pct(r, 'default')}, {pct(r, best_col)} | {winners} "
             f"| {r['date']}, {r['cpu']}, peak {r['peak_gflops']:.0f} GFLOP/s |"
         )
     return (
         "Median latency, batch 1, 3x32x32, random weights, 2 threads. `none` = "
         "compiler.schedule=none (plain loop nests), untuned = the default schedules, tuned N "
         "= MetaSchedule at N trials per task from an empty database (its tuning time in "
-        "brackets). Winners: of the tuned tasks at the largest budget, how many kept their "
-        "default schedule, took a sampled template or MetaSchedule's generic schedule. % of "
-        "peak = 2 x dense MACs / latency over the fp32 FMA peak measured in the same run. "
+        "brackets; † the whole tuned model timed slower than the untuned one, so the untuned "
+        "program was kept; ‡ measured before that end-to-end check existed: MetaSchedule's "
+        "picks as they are). Winners: of the tuned tasks at the largest budget, how many "
+        "kept their default schedule, took a sampled template or MetaSchedule's generic "
+        "schedule. % of peak = 2 x dense MACs / latency over the fp32 FMA peak measured in "
+        "the same run (for int8 rows too: VNNI's int8 peak is 4x that). "
         "Raw numbers: `tuned.json`.\n\n" + head + "\n".join(lines)
     )
 

@@ -135,6 +135,7 @@ class Deployment:
     layers: list[dict[str, Any]]
     artifact: Path
     tags: dict[str, str] = field(default_factory=dict)  # dlas.noisy when the timing was
+    timing: dict[str, Any] = field(default_factory=dict)  # latencies.json: the raw samples
 
 
 @dataclass
@@ -150,6 +151,8 @@ class Compiled:
     layers: list[dict[str, Any]]
     artifact: Path
     worker: Worker | None = None
+    #: tvm_autoschedule: the whole model timed tuned and untuned, and which was kept
+    end_to_end: dict[str, Any] | None = None
 
 
 @dataclass
@@ -231,6 +234,7 @@ def compile_and_open(
         built.layers,
         built.library,
         worker,
+        built.info.get("end_to_end"),
     )
 
 
@@ -394,5 +398,10 @@ def deploy(
         "compute_dtype": dtype,
         "target": device.describe().get("target", ""),
     }
+    if main.end_to_end is not None:  # tuned vs untuned, the whole model: which was kept
+        params["tuning_kept"] = main.end_to_end["kept"]
+        metrics["tuned_end_to_end_ms"] = main.end_to_end["tuned_ms"]
+        metrics["untuned_end_to_end_ms"] = main.end_to_end["untuned_ms"]
     tags = {} if timing.noisy is None else {"dlas.noisy": timing.noisy}
-    return Deployment(metrics, params, main.layers, main.artifact, tags)
+    record = timing.record(m.number, cores)
+    return Deployment(metrics, params, main.layers, main.artifact, tags, record)

@@ -261,6 +261,7 @@ def deploy_and_log(
         run.set_tags(result.tags)
         run.log_metrics(result.metrics | footprint)
         run.log_dict({"layers": result.layers}, "layers.json")
+        run.log_dict(result.timing, "latencies.json")
         run.log_artifact(result.artifact, "compiled")
     return result.metrics | footprint
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_DEPLOY, compose, overrides, run_entry, runs
@@ -48,7 +49,18 @@ def test_default_point_compiles_verifies_and_times(workdir):
     records = layers_of(run)
     assert records and all(r["algorithm"] == "direct" for r in records if r["op"] == "conv2d")
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-    assert {"compiled", "model", "layers.json"} <= artifacts
+    assert {"compiled", "model", "layers.json", "latencies.json"} <= artifacts
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="latencies.json"
+    )
+    with open(path) as f:
+        timing = json.load(f)
+    # the raw samples behind the logged medians: measure.repeat of them per runtime
+    for runtime, median in (("tvm_untuned", "latency_ms_median"), ("pytorch", "torch_latency_ms")):
+        samples = [s for r in timing["samples"][runtime] for s in r]
+        assert len(samples) == 3
+        assert float(np.median(samples)) == pytest.approx(metrics[median])
+    assert len(timing["attempts"]) == metrics["measure_attempts"]
 
 
 def test_deploy_sweeps_algorithms_and_compilers_without_retraining(workdir):
@@ -146,6 +158,10 @@ def test_autoschedule_reuses_its_database(workdir):
     second = run_point(compose(*args))
     assert first["tune_s"] > 0 and second["tune_s"] == 0
     assert first["max_abs_err_vs_torch"] < 1e-3 and second["max_abs_err_vs_torch"] < 1e-3
+    # the end-to-end check of tuned vs untuned is logged, once measured, then re-applied
+    assert second["tuned_end_to_end_ms"] == first["tuned_end_to_end_ms"] > 0
+    kept = {r.data.params["tuning_kept"] for r in runs(workdir["uri"])}
+    assert len(kept) == 1 and kept <= {"tuned", "untuned"}
 
 
 def test_best_gives_each_layer_its_fastest_tuned_candidate(workdir):

@@ -234,7 +234,9 @@ def test_a_schedule_that_cannot_apply_names_the_kernel(monkeypatch) -> None:
         default_schedules(target)(mod)
 
 
-def test_tuning_measures_the_default_first_and_never_loses_to_it(tmp_path: Path) -> None:
+def test_tuning_measures_the_default_first_and_never_loses_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """2 trials per task: each task's default schedule is in the database with its time,
     the best record is at least as fast, and re-applying the database gives the outputs
     of the fresh tuning."""
@@ -266,14 +268,35 @@ def test_tuning_measures_the_default_first_and_never_loses_to_it(tmp_path: Path)
         assert cost["best_ms"] <= cost["default_ms"]
         assert cost["trials"] >= 2  # the default record plus the searched ones
         assert cost["best_from"] in ("default", "template", "generic")
+    # the whole model, tuned vs untuned, timed end to end: the faster program is kept
+    decided = fresh.info["end_to_end"]
+    assert decided["kept"] in ("tuned", "untuned") and decided["untuned_ms"] > 0
+    assert (decided["kept"] == "tuned") == (decided["tuned_ms"] < decided["untuned_ms"])
+    assert "keep_faster_of_tuned_and_untuned" in fresh.pipeline
     again = tvm_relax.build(program, x, device, algorithm_cfg("direct"), tmp_path / "b", tuning)
-    assert again.tune_s == 0.0  # re-applied, not re-tuned
+    assert again.tune_s == 0.0  # re-applied, not re-tuned, and the decision not re-timed
+    assert again.info["end_to_end"] == decided
     outputs = []
     for built in (fresh, again):
         vm = relax.VirtualMachine(tvm.runtime.load_module(str(built.library)), tvm.cpu())
         outputs.append(vm["main"](tvm.runtime.tensor(x.numpy()))[0].numpy())
     np.testing.assert_array_equal(outputs[0], outputs[1])
     np.testing.assert_allclose(outputs[0], model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+    # where the untuned program times faster end to end, it is the one built
+    from dlas.compiler import measure
+
+    state = next((tmp_path / "tuning").glob("*/dlas_tuning.json"))
+    state.write_text(
+        json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "end_to_end"})
+    )
+    monkeypatch.setattr(measure, "measure_in_subprocess", lambda *a, **k: ([1.0, 1.1], [2.0, 2.1]))
+    slower = tvm_relax.build(program, x, device, algorithm_cfg("direct"), tmp_path / "c", tuning)
+    assert slower.info["end_to_end"]["kept"] == "untuned" and slower.tune_s > 0
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(slower.library)), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x.numpy()))[0].numpy()
+    np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert json.loads(state.read_text())["end_to_end"]["kept"] == "untuned"
 
 
 def test_a_records_space_is_read_from_its_trace() -> None:

@@ -591,6 +591,35 @@ def time_tvm_module(
     return Latency.from_samples(samples_ms, number=number, threads=threads, setup_s=setup_s)
 
 
+def time_tvm_alternating(
+    lib_paths: Sequence[str],
+    example: np.ndarray,
+    device: Device,
+    *,
+    rounds: int = 2,
+    warmup: int = 2,
+    repeat: int = 5,
+    number: int = 10,
+) -> list[list[float]]:
+    """Median ms of each library per round, the libraries timed in turn (A B, B A, ...)
+    in one process: the fair way to ask which of two builds of one model is faster
+    (two TVM modules share one runtime and thread pool; nothing of one lingers into the
+    other as torch's OpenMP threads would)."""
+    _check_protocol(warmup, repeat, number)
+    loaded = [open_tvm(path, [], example, device) for path in lib_paths]
+    medians: list[list[float]] = [[] for _ in lib_paths]
+    try:
+        for i in range(rounds):
+            order = range(len(loaded)) if i % 2 == 0 else reversed(range(len(loaded)))
+            for j in order:
+                medians[j].append(float(np.median(loaded[j].timer(warmup, repeat, number))))
+    finally:
+        for lib in loaded:
+            if lib.close is not None:
+                lib.close()
+    return medians
+
+
 def verify_and_time_tvm(
     lib_path: str,
     batches: Sequence[np.ndarray],

@@ -74,6 +74,24 @@ class Timing:
     load_during: float
     attempts: int
     reasons: list[str]
+    #: the kept attempt's samples (ms per call), per runtime and round, in timing order
+    samples: dict[str, list[list[float]]] = field(default_factory=dict)
+    #: why each attempt was judged noisy (empty list: it was quiet), in order
+    attempt_reasons: list[list[str]] = field(default_factory=list)
+
+    def record(self, number: int, cores: Sequence[int]) -> dict:
+        """Everything behind the logged latencies, for ``latencies.json``: the raw samples
+        let a reader check a median, a CV or a speedup interval, or plot the spread."""
+        return {
+            "unit": "ms per call",
+            "calls_per_sample": number,
+            "cores": list(cores),
+            "samples": self.samples,
+            "cv": self.cvs,
+            "cpu_load_before": self.load_before,
+            "cpu_load_during": self.load_during,
+            "attempts": [{"noisy": reasons} for reasons in self.attempt_reasons],
+        }
 
     @property
     def noisy(self) -> str | None:
@@ -186,4 +204,6 @@ def time_paired(
         kept.during.others,
         len(attempts),
         kept.reasons,
+        kept.samples,
+        [a.reasons for a in attempts],
     )
