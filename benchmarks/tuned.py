@@ -52,6 +52,7 @@ from dlas.metrics import count_macs
 from dlas.models import ZOO
 
 COMPRESSIONS = ("none", "quant", "prune90")
+LABELS = {"none": "fp32", "quant": "int8", "prune90": "fp32 90% pruned"}  # in row names
 
 
 def compressed(
@@ -231,7 +232,8 @@ def main() -> None:
                         stem=args.stem,
                     )
                     fmt = "" if data_format == "dense" else f" {data_format}"
-                    key = f"{name} ({args.stem}) {args.compression} {algorithm}{fmt}"
+                    label = LABELS[args.compression]
+                    key = f"{name} ({args.stem}) {label} {algorithm}{fmt}"
                     rows[key] = rows.get(key, {}) | row
                     if not args.no_write:
                         save_rows("tuned.json", rows)
