@@ -78,6 +78,7 @@ class Timing:
     samples: dict[str, list[list[float]]] = field(default_factory=dict)
     #: why each attempt was judged noisy (empty list: it was quiet), in order
     attempt_reasons: list[list[str]] = field(default_factory=list)
+    kept_attempt: int = 0  #: which of them ``samples`` are from (the quietest)
 
     def record(self, number: int, cores: Sequence[int]) -> dict:
         """Everything behind the logged latencies, for ``latencies.json``: the raw samples
@@ -91,6 +92,7 @@ class Timing:
             "cpu_load_before": self.load_before,
             "cpu_load_during": self.load_during,
             "attempts": [{"noisy": reasons} for reasons in self.attempt_reasons],
+            "kept_attempt": self.kept_attempt,
         }
 
     @property
@@ -172,7 +174,8 @@ def time_paired(
         if not attempt.reasons:
             break
         log.info("timing attempt %d/%d noisy: %s", i + 1, 1 + policy.retries, attempt.reasons)
-    kept = attempts[quietest([(a.reasons, a.cvs) for a in attempts])]
+    kept_index = quietest([(a.reasons, a.cvs) for a in attempts])
+    kept = attempts[kept_index]
     if kept.reasons and policy.strict:
         raise NoisyMeasurementError(
             f"measure.strict=true: the timing stayed noisy after {len(attempts)} attempt(s) "
@@ -206,4 +209,5 @@ def time_paired(
         kept.reasons,
         kept.samples,
         [a.reasons for a in attempts],
+        kept_index,
     )
