@@ -251,6 +251,15 @@ class TuningDatabase:
     cost_s: float  # what building the database cost, whenever that was
 
 
+STATE_FILE = "dlas_tuning.json"  # beside a database: its budget, cost and end-to-end decision
+
+
+def tuning_state(work_dir: Path) -> dict[str, Any]:
+    """What dlas stored beside a tuning database (empty when nothing is)."""
+    state_file = work_dir / STATE_FILE
+    return json.loads(state_file.read_text()) if state_file.exists() else {}
+
+
 def tune(mods: list[tvm.IRModule], target: tvm.target.Target, tuning: Tuning) -> TuningDatabase:
     """Tune the kernels of ``mods`` with MetaSchedule unless the database of this workload
     and target already holds at least the budget's trials."""
@@ -265,8 +274,8 @@ def tune(mods: list[tvm.IRModule], target: tvm.target.Target, tuning: Tuning) ->
         }
     )
     work_dir = tuning.root / key
-    state_file = work_dir / "dlas_tuning.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    state_file = work_dir / STATE_FILE
+    state = tuning_state(work_dir)
     done = state.get("trials", 0)
     tasks = tuning_tasks(mods, target, tuning.ops)
     trials = trial_budget(tuning, len(tasks))
@@ -377,17 +386,14 @@ KEEP_TUNED_WITHIN = 0.02
 
 def stored_decision(work_dir: Path, trials: int) -> dict[str, Any] | None:
     """The end-to-end decision stored beside a database of ``trials`` trials, if any."""
-    state_file = work_dir / "dlas_tuning.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    decided = state.get("end_to_end")
+    decided = tuning_state(work_dir).get("end_to_end")
     return decided if decided is not None and decided.get("trials") == trials else None
 
 
 def _store_decision(work_dir: Path, decided: dict[str, Any]) -> None:
     """Merge into the state file as it is now (a parallel point may have re-tuned since
     it was read), written atomically so that a concurrent reader never sees half."""
-    state_file = work_dir / "dlas_tuning.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    state_file, state = work_dir / STATE_FILE, tuning_state(work_dir)
     if state.get("trials", decided["trials"]) != decided["trials"]:
         return  # re-tuned meanwhile: this decision is about an older database
     tmp = state_file.with_name(f".{state_file.name}.{os.getpid()}.tmp")
@@ -493,7 +499,7 @@ def build(
         mod = _run(graph, mod)
     names = [name for name, _ in graph]
     info: dict[str, Any] = {"dtype": dtype}
-    tune_s, trials, database, untuned, compiled = 0.0, 0, None, None, None
+    tune_s, trials, database, untuned, compiled, decided = 0.0, 0, None, None, None, None
     chosen: list[str] = []
     costs: list[dict] = []
     if algorithm_cfg.name == BEST:
@@ -520,8 +526,6 @@ def build(
         decided = stored_decision(database.work_dir, trials) if check else None
         if check and decided is None:
             untuned = _copy(mod)  # scheduling passes rewrite functions in place
-        if decided is not None:
-            info["end_to_end"] = decided
         if decided is None or decided["kept"] == "tuned":
             with target, tvm.transform.PassContext(opt_level=3):
                 mod = relax.transform.MetaScheduleApplyDatabase(str(database.work_dir))(mod)
@@ -539,10 +543,10 @@ def build(
             mod, decided, guard_s, compiled = keep_faster(
                 mod, untuned, target, example, device, out_dir, database.work_dir, trials
             )
-            if decided is not None:
-                info["end_to_end"] = decided
             tune_s += guard_s  # part of tuning; a re-applied database pays nothing
             names.append("keep_faster_of_tuned_and_untuned")
+    if decided is not None:  # stored, or measured just now
+        info["end_to_end"] = decided
     if chosen:
         convs = (r for r in algorithms.records if r["op"] == "conv2d")
         for record, candidate_ms in zip(convs, costs, strict=True):
