@@ -210,7 +210,9 @@ def compile_and_open(
     tuning = None
     if name == "tvm_autoschedule":
         c = cfg.compiler
-        tuning = tvm_relax.Tuning(c.trials, c.trials_per_task, tuning_root, tuple(c.tune_ops))
+        tuning = tvm_relax.Tuning(
+            c.trials, c.trials_per_task, tuning_root, tuple(c.tune_ops), population=c.population
+        )
     example = torch.from_numpy(inputs.example)
     built = tvm_relax.build(
         inputs.program, example, device, cfg.algorithm, out_dir, tuning, cfg.compiler.schedule

@@ -128,6 +128,23 @@ def test_set_threads_reaches_tvm_and_torch(monkeypatch: pytest.MonkeyPatch) -> N
         set_threads(-1)
 
 
+def test_children_threads_sizes_a_tvm_childs_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What MetaSchedule's runner workers and an RPC server are: TVM children, whose pool
+    comes from the environment they start with (else half the cores)."""
+    from dlas.hardware.threads import children_threads
+
+    monkeypatch.setenv("TVM_NUM_THREADS", "7")
+    child = [sys.executable, "-c", "import tvm; print(tvm.runtime.num_threads())"]
+    with children_threads(1) as resolved:
+        assert resolved == 1
+        assert subprocess.check_output(child, text=True).strip() == "1"
+    assert os.environ["TVM_NUM_THREADS"] == "7"  # restored
+    monkeypatch.delenv("TVM_NUM_THREADS")
+    with children_threads(0) as resolved:
+        assert resolved == available_cores()
+    assert "TVM_NUM_THREADS" not in os.environ
+
+
 _ONE_CORE_CHILD = """
 import json, os, torch, tvm
 from dlas.hardware import get_device, set_threads

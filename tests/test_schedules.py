@@ -299,6 +299,64 @@ def test_tuning_measures_the_default_first_and_never_loses_to_it(
     assert json.loads(state.read_text())["end_to_end"]["kept"] == "untuned"
 
 
+def test_tuning_times_candidates_with_the_models_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MetaSchedule's runner workers inherit TVM_NUM_THREADS: without it they ran every
+    candidate on half the cores while the model runs on all of them. Each thread count
+    gets a database of its own."""
+    import os
+
+    seen: dict[int, str | None] = {}
+
+    def fake_tune(tasks, work_dir, trials, tuning):
+        seen[len(seen) + 1] = os.environ.get("TVM_NUM_THREADS")
+        return 0.0
+
+    monkeypatch.setattr(tvm_relax, "_tune_tasks", fake_tune)
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    target = tvm.target.Target(AVX512)
+    mod, _ = lowered("spatial_pack", torch.randn(1, 3, 11, 10), target)
+    tuning = tvm_relax.Tuning(0, 1, tmp_path)
+    one = tvm_relax.tune([mod], target, tuning, 1)
+    two = tvm_relax.tune([mod], target, tuning, 2)
+    assert seen == {1: "1", 2: "2"}
+    assert one.work_dir != two.work_dir
+    assert "TVM_NUM_THREADS" not in os.environ
+
+
+def test_the_pooled_builder_keeps_its_workers_and_reports_failures() -> None:
+    """One worker pool per tuning (MetaSchedule's LocalBuilder starts one per round), and
+    a build that fails is a result with its error, as LocalBuilder reports it."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from dlas.compiler.pooled_builder import PooledBuilder
+
+    target = tvm.target.Target(AVX512)
+    mod, _ = lowered("direct", torch.randn(1, 3, 11, 10), target)
+    kernel = tvm_relax.tuning_tasks([mod], target, tvm_relax.TUNED_OPS)[0].dispatched[0]
+    # the fused kernel as the Relax module holds it (not extracted as a task) fails to build
+    broken = tvm.IRModule(
+        {"main": next(f for g, f in mod.functions_items() if "conv2d" in g.name_hint)}
+    )
+    builder = PooledBuilder(max_workers=1)
+    try:
+        first = builder.build([ms.builder.BuilderInput(kernel, target)])
+        workers = {id(w) for w in builder._pool._worker_map.values()}
+        second = builder.build(
+            [
+                ms.builder.BuilderInput(kernel, target),
+                ms.builder.BuilderInput(broken, target),
+            ]
+        )
+        assert {id(w) for w in builder._pool._worker_map.values()} == workers
+    finally:
+        builder.shutdown()
+    assert first[0].error_msg is None and Path(first[0].artifact_path).exists()
+    assert second[0].error_msg is None and Path(second[0].artifact_path).exists()
+    assert second[1].artifact_path is None and "exception" in second[1].error_msg
+
+
 def test_a_records_space_is_read_from_its_trace() -> None:
     """tasks.json says which space each task's winner came from: the default schedule,
     our template's sampled knobs or MetaSchedule's generic space."""

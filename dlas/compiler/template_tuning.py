@@ -39,9 +39,35 @@ def _template(target: tvm.target.Target):
     return apply
 
 
-def tune_contexts(tasks: list, work_dir: Path, seed: int | None = None) -> tuple[list, list]:
+#: MetaSchedule's trials per round (``tune_tasks``' ``num_trials_per_iter``) and its
+#: evolutionary search's default population
+TRIALS_PER_ROUND, MAX_POPULATION, MIN_POPULATION = 64, 512, 64
+
+
+def population_for(trials_per_task: int, population: int = 0) -> int:
+    """The evolutionary search's population: ``population`` if set, else 4 x the trials a
+    round measures, within 64..512.
+
+    Why not MetaSchedule's 512 always: each round samples and evolves the whole
+    population (every candidate through the postprocessors and the cost model), and on
+    this project's 2-core host that costs ~17 s per round even when the round measures one
+    candidate, most of a small budget's tuning time. A round measures at most
+    ``min(64, trials_per_task)`` candidates, and a cost model trained on that few
+    measurements does not rank 512 candidates much better than 4 x as many.
+    """
+    if population:
+        return population
+    if not trials_per_task:  # no per-task cap: rounds of 64, MetaSchedule's default
+        return MAX_POPULATION
+    per_round = min(TRIALS_PER_ROUND, trials_per_task)
+    return min(MAX_POPULATION, max(MIN_POPULATION, 4 * per_round))
+
+
+def tune_contexts(
+    tasks: list, work_dir: Path, population: int = MAX_POPULATION, seed: int | None = None
+) -> tuple[list, list]:
     """One TuneContext per task: the union space for layer-4 kernels, MetaSchedule's
-    generic space for the rest."""
+    generic space for the rest, searched with a population of ``population``."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
     from tvm.s_tir.meta_schedule.utils import fork_seed
@@ -63,7 +89,7 @@ def tune_contexts(tasks: list, work_dir: Path, seed: int | None = None) -> tuple
                 mod=task.dispatched[0],
                 target=task.target,
                 space_generator=space,
-                search_strategy="evolutionary",
+                search_strategy=ms.search_strategy.EvolutionarySearch(population_size=population),
                 task_name=task.task_name,
                 logger=logger,
                 rand_state=rand_state,

@@ -73,6 +73,9 @@ class Tuning:
     #: is measured and committed first (tuned is never slower than untuned); ``none``:
     #: MetaSchedule's generic space alone, the rest plain loop nests (dlas before schedules).
     schedule: str = "default"
+    #: the evolutionary search's population per round; 0 = from the per-task budget
+    #: (``template_tuning.population_for``)
+    population: int = 0
 
 
 @dataclass
@@ -260,10 +263,20 @@ def tuning_state(work_dir: Path) -> dict[str, Any]:
     return json.loads(state_file.read_text()) if state_file.exists() else {}
 
 
-def tune(mods: list[tvm.IRModule], target: tvm.target.Target, tuning: Tuning) -> TuningDatabase:
+def tune(
+    mods: list[tvm.IRModule], target: tvm.target.Target, tuning: Tuning, threads: int
+) -> TuningDatabase:
     """Tune the kernels of ``mods`` with MetaSchedule unless the database of this workload
-    and target already holds at least the budget's trials."""
+    and target already holds at least the budget's trials.
+
+    Every candidate is timed with ``threads`` (0 = every core), the count the model will
+    run with: a schedule's rank depends on it (a kernel that streams its weights is
+    bandwidth-bound on one core and not on two), so the database is keyed by it too.
+    """
     from dlas.hardware.cores import exclusive
+    from dlas.hardware.threads import children_threads, resolve_threads
+
+    threads = resolve_threads(threads)
 
     key = config_hash(
         {
@@ -271,6 +284,7 @@ def tune(mods: list[tvm.IRModule], target: tvm.target.Target, tuning: Tuning) ->
             "target": str(target),
             "ops": list(tuning.ops),
             "schedule": tuning.schedule,
+            "threads": threads,
         }
     )
     work_dir = tuning.root / key
@@ -290,7 +304,9 @@ def tune(mods: list[tvm.IRModule], target: tvm.target.Target, tuning: Tuning) ->
         tuning.trials_per_task or "no cap",
         work_dir,
     )
-    with exclusive():  # candidates are timed as they are found: nothing else may run
+    # candidates are timed as they are found: nothing else may run; the runner's workers
+    # start inside, so their thread pools get ``threads``
+    with exclusive(), children_threads(threads):
         tune_s = _tune_tasks(tasks, work_dir, trials, tuning)
     state_file.write_text(json.dumps({"trials": trials, "tasks": len(tasks), "tune_s": tune_s}))
     return TuningDatabase(work_dir, tune_s, trials, tune_s)
@@ -315,30 +331,37 @@ def _tune_tasks(tasks: list, work_dir: Path, trials: int, tuning: Tuning) -> flo
     from tvm.s_tir import meta_schedule as ms
 
     from dlas.compiler import template_tuning
+    from dlas.compiler.pooled_builder import PooledBuilder
 
     _drop_foreign_log_handlers()
     start = time.perf_counter()
-    # One builder and one runner for the whole tuning: each owns a worker pool.
-    builder = ms.builder.LocalBuilder(initializer=install_fast_tvmscript)
+    # One builder and one runner for the whole tuning, each with a worker pool that lasts
+    # as long as the tuning (MetaSchedule's own builder starts a new pool every round).
+    builder = PooledBuilder(initializer=install_fast_tvmscript)
     runner = ms.runner.LocalRunner(initializer=install_fast_tvmscript)
     default_ms: dict = {}
-    if tuning.schedule == "default":
-        log.info("metaschedule: timing the default schedule of %d tasks", len(tasks))
-        default_ms = template_tuning.commit_default_schedules(tasks, work_dir, builder, runner)
-        contexts, weights = template_tuning.tune_contexts(tasks, work_dir)
-    else:
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            tasks, work_dir=str(work_dir)
+    try:
+        if tuning.schedule == "default":
+            log.info("metaschedule: timing the default schedule of %d tasks", len(tasks))
+            default_ms = template_tuning.commit_default_schedules(tasks, work_dir, builder, runner)
+            population = template_tuning.population_for(tuning.trials_per_task, tuning.population)
+            log.info("metaschedule: evolutionary search keeps %d candidates a round", population)
+            contexts, weights = template_tuning.tune_contexts(tasks, work_dir, population)
+        else:
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                tasks, work_dir=str(work_dir)
+            )
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(work_dir),
+            max_trials_global=trials,
+            max_trials_per_task=tuning.trials_per_task or None,
+            builder=builder,
+            runner=runner,
         )
-    ms.tune.tune_tasks(
-        tasks=contexts,
-        task_weights=weights,
-        work_dir=str(work_dir),
-        max_trials_global=trials,
-        max_trials_per_task=tuning.trials_per_task or None,
-        builder=builder,
-        runner=runner,
-    )
+    finally:
+        builder.shutdown()
     costs = template_tuning.task_costs(tasks, work_dir, default_ms)
     template_tuning.write_costs(costs, work_dir / "tasks.json")
     for cost in costs:
@@ -368,7 +391,7 @@ def _choose_per_layer(
 
     log.info("algorithm=best: lowering with each of %s", ", ".join(cfg.candidates))
     candidates = per_layer.legalize_candidates(lower, list(cfg.candidates))
-    database = tune([c.mod for c in candidates], device.target, tuning)
+    database = tune([c.mod for c in candidates], device.target, tuning, device.threads)
     chosen, costs = per_layer.choose(candidates, database.work_dir, device.target)
     log.info("algorithm=best: per conv layer %s", ", ".join(chosen))
     return chosen, costs, database
@@ -517,7 +540,7 @@ def build(
     names += [name for name, _ in kernels]
     if tuning is not None:
         if database is None:
-            database = tune([mod], device.target, tuning)
+            database = tune([mod], device.target, tuning, device.threads)
             names.append("metaschedule_tune")
         tune_s, trials = database.tune_s, database.trials
         info["tuning_cost_s"] = database.cost_s

@@ -16,7 +16,6 @@ Three things TVM's own client does not do well for a sweep:
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import sys
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dlas.errors import UserError
-from dlas.hardware.threads import available_cores
+from dlas.hardware.threads import children_threads
 
 DEFAULT_RPC_KEY = "dlas"
 
@@ -169,9 +168,7 @@ class LocalRPC:
         # The server child inherits the environment at start-up: that is where its thread
         # pool size comes from (config_threadpool cannot raise it later over RPC).
         # threads 0 = every core, as for hardware=cpu (TVM's own default is half of them).
-        saved = os.environ.get("TVM_NUM_THREADS")
-        os.environ["TVM_NUM_THREADS"] = str(self.threads or available_cores())
-        try:
+        with children_threads(self.threads):
             server_port = free_port(self.host)
             self._server = Server(
                 self.host,
@@ -182,11 +179,6 @@ class LocalRPC:
                 silent=True,
             )
             self.server_port = int(self._server.port)
-        finally:
-            if saved is None:
-                os.environ.pop("TVM_NUM_THREADS", None)
-            else:
-                os.environ["TVM_NUM_THREADS"] = saved
         tracker_thread.join(self.timeout)
         if failure or self._tracker is None:
             self.stop()

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger("dlas.hardware")
 
@@ -109,3 +110,25 @@ def set_threads(threads: int = 0) -> int:
             except RuntimeError:  # only possible before torch's first parallel work
                 log.debug("torch's inter-op pool already started; left at its size")
     return resolved
+
+
+@contextmanager
+def children_threads(threads: int = 0) -> Iterator[int]:
+    """``TVM_NUM_THREADS`` = ``threads`` (0 = every allowed core) for the child processes
+    started inside, restored afterwards; yields the resolved count.
+
+    Why: a TVM child sizes its pool from the environment it starts with, else half the
+    cores. MetaSchedule's runner workers and an RPC server are such children: left to
+    that default on a 2-core host, every tuning candidate was timed on one thread while
+    the tuned model runs on two, so the search ranked schedules for the wrong machine.
+    """
+    resolved = resolve_threads(threads)
+    saved = os.environ.get("TVM_NUM_THREADS")
+    os.environ["TVM_NUM_THREADS"] = str(resolved)
+    try:
+        yield resolved
+    finally:
+        if saved is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = saved
