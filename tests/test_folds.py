@@ -100,3 +100,74 @@ def test_folded_model_computes_what_pytorch_computes(tmp_path, pool_input: int) 
     with torch.no_grad():
         expected = model(x).numpy()
     assert np.abs(outputs[0] - expected).max() < 1e-4
+
+
+# --------------------------------------------------------- taps that read padding only
+
+
+@pytest.mark.parametrize(
+    "axis, expected",
+    [
+        ((1, 1, 1, 3, 1, 1), (1, 1, 0, 0)),  # 1x1 map, 3x3 pad 1: the centre tap alone
+        ((2, 1, 1, 3, 2, 1), (1, 2, 0, 0)),  # 2x2 map, stride 2: the first tap reads pad
+        ((1, 2, 2, 3, 1, 2), (1, 1, 0, 0)),  # dilation 2 on a 1x1 map: the centre again
+        ((2, 1, 1, 3, 1, 1), None),  # every tap reads the map for some output
+        ((8, 1, 1, 3, 1, 1), None),
+        ((1, 0, 0, 1, 1, 1), None),  # a 1x1 kernel has nothing to crop
+    ],
+)
+def test_live_taps(axis: tuple, expected: tuple | None) -> None:
+    from dlas.compiler.folds import live_taps
+
+    assert live_taps(*axis) == expected
+
+
+class SmallMaps(nn.Module):
+    """What a ResNet's last stage sees at 32 px: a 2x2 map into a stride-2 3x3 conv, then
+    3x3 convs (plain with a residual add, grouped, dilated) on the 1x1 map it leaves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(4, 8, 3, stride=2, padding=1)
+        self.same = nn.Conv2d(8, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.dilated = nn.Conv2d(8, 8, 3, padding=2, dilation=2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.down(x))
+        return self.dilated(self.grouped(torch.relu(self.same(x)) + x))
+
+
+def test_convs_on_small_maps_keep_only_the_taps_that_read_them(tmp_path) -> None:
+    torch.manual_seed(0)
+    model, x = SmallMaps().eval(), torch.randn(1, 4, 2, 2)
+    mod, dtype = tvm_relax.to_relax(torch.export.export(model, (x,)), x)
+    for name, step in tvm_relax.passes(tvm_relax._Algorithms(None), dtype):
+        if name == "layer4_algorithms":
+            break
+        mod = step(mod)
+    kernels = []
+
+    def visit(expr: relax.Expr) -> None:
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.nn.conv2d":
+            kernels.append(([int(v) for v in expr.args[1].ty.shape.values], expr.attrs))
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    shapes = [k[0][2:] for k in kernels]
+    assert shapes == [[2, 2], [1, 1], [1, 1], [1, 1]], shapes
+    assert all([int(p) for p in attrs.padding] == [0, 0, 0, 0] for _, attrs in kernels)
+    assert int(kernels[2][1].groups) == 2
+
+    algorithm = OmegaConf.create(
+        {"name": "spatial_pack", "data_format": "dense", "sparsity_threshold": 0.0}
+        | {"block_size": 4, "fallback": "direct"}
+    )
+    device = get_device("cpu", threads=1)
+    built = tvm_relax.build(torch.export.export(model, (x,)), x, device, algorithm, tmp_path)
+    assert "crop_padding_only_taps" in built.pipeline
+    outputs, _ = verify_and_time_tvm(
+        str(built.library), [x.numpy()], x.numpy(), device, warmup=0, repeat=1, number=1
+    )
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.abs(outputs[0] - expected).max() < 1e-5

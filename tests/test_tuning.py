@@ -28,3 +28,15 @@ def test_default_tuned_ops_cover_every_layer4_compute():
     names = ["fused_conv2d_winograd_add_relu", "conv2d_csr", "fused_matmul_add8", "dense_bsr"]
     assert all(any(op in n for op in TUNED_OPS) for n in names)
     assert not any(op in "fused_add_relu" or op in "concatenate" for op in TUNED_OPS)
+
+
+@pytest.mark.parametrize(
+    "per_task, explicit, population",
+    [(1, 0, 64), (8, 0, 64), (32, 0, 128), (64, 0, 256), (500, 0, 256), (0, 0, 512), (8, 100, 100)],
+)
+def test_the_search_population_follows_the_budget(per_task, explicit, population):
+    """4 x the candidates a round measures (at most 64 a round), within 64..512; no
+    per-task cap keeps MetaSchedule's 512; compiler.population overrides."""
+    from dlas.compiler.template_tuning import population_for
+
+    assert population_for(per_task, explicit) == population

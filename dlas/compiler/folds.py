@@ -14,6 +14,14 @@ weights alone can be done once by the compiler instead of on every inference:
   channel 49 times, and ``W @ repeat(x)`` equals ``(W summed over the 49 copies) @ x``.
   The compiler sums the weight blocks once: VGG-16's first linear layer shrinks from a
   25088x4096 matrix (411 MB streamed per inference) to 512x4096 (8 MB).
+* ``crop_padding_only_taps``: a kernel tap (row or column of a conv's window) that, for
+  every output pixel, lands on the zero padding only multiplies zeros. On small maps that
+  is most of the weights: a ResNet's last stage sees a 1x1 map at 32x32 inputs (ImageNet
+  stem), where each 3x3 conv with padding 1 reads only its centre tap, i.e. it streams
+  9x the weights it needs (9.4 MB instead of 1 MB per 512-channel conv). The compiler
+  keeps the taps that reach the input and shrinks the padding to match; the output shape
+  and values do not change (the dropped products were exact zeros). Float convs only:
+  an int8 conv pads with its zero point, not with zeros.
 """
 
 from __future__ import annotations
@@ -94,3 +102,66 @@ def fold_replicated_linear() -> tvm.transform.Pass:
         )
 
     return _function_pass("fold_replicated_linear", lambda f: rewrite_call(pattern, rewriter, f))
+
+
+def live_taps(size: int, pad_lo: int, pad_hi: int, kernel: int, stride: int, dilation: int):
+    """Along one spatial axis: ``(first, last, new_pad_lo, new_pad_hi)`` of the taps that
+    read the input for some output position, or None when every tap does or no exact
+    crop exists (a gap between live taps, or a crop that would need negative padding)."""
+    out = (size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) // stride + 1
+    live = [
+        k
+        for k in range(kernel)
+        if any(0 <= o * stride - pad_lo + k * dilation < size for o in range(out))
+    ]
+    if not live or len(live) == kernel or live != list(range(live[0], live[-1] + 1)):
+        return None
+    first, last = live[0], live[-1]
+    lo = pad_lo - first * dilation
+    hi = (out - 1) * stride + dilation * (last - first) + 1 - size - lo
+    if lo < 0 or hi < 0 or hi > pad_hi:
+        return None
+    return first, last, lo, hi
+
+
+def crop_padding_only_taps() -> tvm.transform.Pass:
+    """``conv2d(x, W)`` -> ``conv2d(x, W[:, :, kh0:kh1, kw0:kw1])`` with the padding shrunk
+    to match, where the dropped taps read padding only (exact)."""
+    data, weight = wildcard(), is_const()
+    pattern = is_op("relax.nn.conv2d")(data, weight)
+
+    def rewriter(call: relax.Call, m: dict) -> relax.Expr:
+        attrs, w = call.attrs, m[weight].value.numpy()
+        shape = static_ints(getattr(m[data].ty, "shape", None))
+        if (
+            shape is None
+            or len(shape) != 4
+            or (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)
+            != ("NCHW", "OIHW", "NCHW")
+            or w.dtype.kind != "f"  # int8 convs pad with the zero point
+            or len(attrs.padding) != 4
+        ):
+            return call
+        top, left, bottom, right = (int(p) for p in attrs.padding)
+        (sh, sw), (dh, dw) = ([int(v) for v in attrs.strides], [int(v) for v in attrs.dilation])
+        rows = live_taps(shape[2], top, bottom, w.shape[2], sh, dh)
+        cols = live_taps(shape[3], left, right, w.shape[3], sw, dw)
+        if rows is None and cols is None:
+            return call
+        rows = rows or (0, w.shape[2] - 1, top, bottom)
+        cols = cols or (0, w.shape[3] - 1, left, right)
+        cropped = np.ascontiguousarray(w[:, :, rows[0] : rows[1] + 1, cols[0] : cols[1] + 1])
+        return relax.op.nn.conv2d(
+            m[data],
+            relax.const(cropped),
+            strides=(sh, sw),
+            padding=(rows[2], cols[2], rows[3], cols[3]),
+            dilation=(dh, dw),
+            groups=int(attrs.groups),
+            data_layout="NCHW",
+            kernel_layout="OIHW",
+            out_layout="NCHW",
+            out_dtype=attrs.out_dtype,
+        )
+
+    return _function_pass("crop_padding_only_taps", lambda f: rewrite_call(pattern, rewriter, f))

@@ -163,6 +163,7 @@ def graph_passes(dtype: str) -> list[tuple[str, tvm.transform.Pass]]:
         ("decompose_for_inference", t.DecomposeOpsForInference()),
         ("fold_constants", t.FoldConstant()),
         ("fold_replicated_linear", folds.fold_replicated_linear()),
+        ("crop_padding_only_taps", folds.crop_padding_only_taps()),
     ]
     if dtype == "float16":
         steps.append(("mixed_precision_fp16", t.ToMixedPrecision(out_dtype="float16")))
