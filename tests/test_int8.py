@@ -247,3 +247,63 @@ def test_asymmetric_weights_are_refused_by_name():
     program = torch.export.export(_QConvLinear(weight_zero_point=3).eval(), (x,))
     with pytest.raises(Int8LoweringError, match=r"convolution.*asymmetric"):
         import_int8(program)
+
+
+class _QSmallMap(nn.Module):
+    """Asymmetric activations (zero points 100 and 90) into a 3x3 conv and a 3x3
+    depthwise conv, both padding 1, on a 1 x ``width`` map: every kernel row but the
+    centre one reads only padding (cropped at import), while on a width-3 map every
+    column still reads the map somewhere (kept, with its zero-point padding)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.register_buffer(
+            "w1", torch.randint(-127, 128, (6, 3, 3, 3), generator=g, dtype=torch.int8)
+        )
+        self.register_buffer(
+            "w2", torch.randint(-127, 128, (6, 1, 3, 3), generator=g, dtype=torch.int8)
+        )
+        self.register_buffer(
+            "w3", torch.randint(-127, 128, (5, 6 * width), generator=g, dtype=torch.int8)
+        )
+        self.register_buffer("s", torch.rand(6, generator=g) * 1e-2 + 1e-3)
+        self.register_buffer("s3", torch.rand(5, generator=g) * 1e-2 + 1e-3)
+        self.register_buffer("zero", torch.zeros(6, dtype=torch.int64))
+        self.register_buffer("zero3", torch.zeros(5, dtype=torch.int64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qd = torch.ops.quantized_decomposed
+
+        def qdq(t: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
+            q = qd.quantize_per_tensor(t, scale, zp, 0, 255, torch.uint8)
+            return qd.dequantize_per_tensor(q, scale, zp, 0, 255, torch.uint8)
+
+        w1 = qd.dequantize_per_channel(self.w1, self.s, self.zero, 0, -128, 127, torch.int8)
+        w2 = qd.dequantize_per_channel(self.w2, self.s, self.zero, 0, -128, 127, torch.int8)
+        w3 = qd.dequantize_per_channel(self.w3, self.s3, self.zero3, 0, -128, 127, torch.int8)
+        h = nn.functional.conv2d(qdq(x, 0.01, 100), w1, None, padding=1)
+        h = nn.functional.conv2d(qdq(h, 0.02, 90), w2, None, padding=1, groups=6)
+        return nn.functional.linear(qdq(h.flatten(1), 0.05, 70), w3)
+
+
+@pytest.mark.parametrize("width, taps", [(1, [1, 1]), (3, [1, 3])])
+def test_taps_that_read_only_padding_are_cropped_exactly(width: int, taps: list) -> None:
+    from tvm import relax
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 1, width) * 2 - 1
+    model = _QSmallMap(width).eval()
+    mod = import_int8(torch.export.export(model, (x,)))
+    kernels = []
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.nn.conv2d":
+            kernels.append([int(v) for v in expr.args[1].ty.shape.values][2:])
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    assert kernels == [taps, taps]
+    out = compile_main(mod)(x.numpy()).numpy()
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

@@ -20,12 +20,14 @@ weights alone can be done once by the compiler instead of on every inference:
   stem), where each 3x3 conv with padding 1 reads only its centre tap, i.e. it streams
   9x the weights it needs (9.4 MB instead of 1 MB per 512-channel conv). The compiler
   keeps the taps that reach the input and shrinks the padding to match; the output shape
-  and values do not change (the dropped products were exact zeros). Float convs only:
-  an int8 conv pads with its zero point, not with zeros.
+  and values do not change (the dropped products were exact zeros). int8 convs pad with
+  their zero point, not with zeros: ``dlas.compiler.int8`` crops them where it imports
+  them, before the zero-point padding and correction are emitted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -124,6 +126,26 @@ def live_taps(size: int, pad_lo: int, pad_hi: int, kernel: int, stride: int, dil
     return first, last, lo, hi
 
 
+def crop_kernel(
+    w: np.ndarray,
+    size: Sequence[int],
+    padding: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """An OIHW kernel cut to its live taps on a ``size`` (H, W) map, with the padding
+    (top, left, bottom, right) that keeps the output; None when nothing can be cut."""
+    top, left, bottom, right = padding
+    rows = live_taps(size[0], top, bottom, w.shape[2], strides[0], dilation[0])
+    cols = live_taps(size[1], left, right, w.shape[3], strides[1], dilation[1])
+    if rows is None and cols is None:
+        return None
+    rows = rows or (0, w.shape[2] - 1, top, bottom)
+    cols = cols or (0, w.shape[3] - 1, left, right)
+    cropped = np.ascontiguousarray(w[:, :, rows[0] : rows[1] + 1, cols[0] : cols[1] + 1])
+    return cropped, (rows[2], cols[2], rows[3], cols[3])
+
+
 def crop_padding_only_taps() -> tvm.transform.Pass:
     """``conv2d(x, W)`` -> ``conv2d(x, W[:, :, kh0:kh1, kw0:kw1])`` with the padding shrunk
     to match, where the dropped taps read padding only (exact)."""
@@ -136,27 +158,24 @@ def crop_padding_only_taps() -> tvm.transform.Pass:
         if (
             shape is None
             or len(shape) != 4
-            or (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)
-            != ("NCHW", "OIHW", "NCHW")
-            or w.dtype.kind != "f"  # int8 convs pad with the zero point
+            or attrs.data_layout != "NCHW"
+            or attrs.kernel_layout != "OIHW"
+            or attrs.out_layout != "NCHW"
+            or w.dtype.kind != "f"  # int8 convs: cropped where they are imported (int8.py)
             or len(attrs.padding) != 4
         ):
             return call
-        top, left, bottom, right = (int(p) for p in attrs.padding)
-        (sh, sw), (dh, dw) = ([int(v) for v in attrs.strides], [int(v) for v in attrs.dilation])
-        rows = live_taps(shape[2], top, bottom, w.shape[2], sh, dh)
-        cols = live_taps(shape[3], left, right, w.shape[3], sw, dw)
-        if rows is None and cols is None:
+        strides, dilation = [int(v) for v in attrs.strides], [int(v) for v in attrs.dilation]
+        padding = [int(p) for p in attrs.padding]
+        cropped = crop_kernel(w, shape[2:], padding, strides, dilation)
+        if cropped is None:
             return call
-        rows = rows or (0, w.shape[2] - 1, top, bottom)
-        cols = cols or (0, w.shape[3] - 1, left, right)
-        cropped = np.ascontiguousarray(w[:, :, rows[0] : rows[1] + 1, cols[0] : cols[1] + 1])
         return relax.op.nn.conv2d(
             m[data],
-            relax.const(cropped),
-            strides=(sh, sw),
-            padding=(rows[2], cols[2], rows[3], cols[3]),
-            dilation=(dh, dw),
+            relax.const(cropped[0]),
+            strides=strides,
+            padding=cropped[1],
+            dilation=dilation,
             groups=int(attrs.groups),
             data_layout="NCHW",
             kernel_layout="OIHW",

@@ -306,6 +306,8 @@ class _Importer:
     def convolution(self, node: torch.fx.Node, _importer: Any = None) -> Any:
         from tvm import relax
 
+        from dlas.compiler import folds
+
         a = _args(node)
         x_dq, w_dq = self._dequantized(a["input"]), self._dequantized(a["weight"])
         if x_dq is None or w_dq is None:  # not a quantized conv: the float converter
@@ -320,19 +322,26 @@ class _Importer:
                 f"{_key(node)} ({node.name}): quantized {w.ndim - 2}-D convolution; only 2-D"
             )
         xq, x_scale, x_zp = self.activation(x_dq, node)
-        padding = _pair(a["padding"])
+        ph, pw = _pair(a["padding"])
+        padding = (ph, pw, ph, pw)  # top, left, bottom, right
+        strides, dilation = _pair(a["stride"]), _pair(a["dilation"])
+        size = [int(v) for v in xq.ty.shape.values[2:]]
+        cropped = folds.crop_kernel(w, size, padding, strides, dilation)
+        if cropped is not None:  # taps that read only padding (folds.crop_padding_only_taps)
+            w, padding = cropped
         if x_zp != 0 and any(padding):
             # A float zero at the border is x_zp in the quantized domain.
-            ph, pw = padding
-            xq = self.emit(relax.op.nn.pad(xq, [0, 0, 0, 0, ph, ph, pw, pw], pad_value=x_zp))
-            padding = (0, 0)
+            top, left, bottom, right = padding
+            pad = [0, 0, 0, 0, top, bottom, left, right]
+            xq = self.emit(relax.op.nn.pad(xq, pad, pad_value=x_zp))
+            padding = (0, 0, 0, 0)
         acc = self.emit(
             relax.op.nn.conv2d(
                 xq,
                 relax.const(w),
-                strides=_pair(a["stride"]),
+                strides=strides,
                 padding=padding,
-                dilation=_pair(a["dilation"]),
+                dilation=dilation,
                 groups=int(a["groups"]),
                 out_dtype="int32",
             ),
