@@ -437,3 +437,21 @@ def test_int8_spatial_pack_uses_vnni_and_is_bit_exact(stride: int) -> None:
         vm = relax.VirtualMachine(executable, tvm.cpu())
         outputs.append(vm["main"](tvm.runtime.tensor(x)).numpy())
     np.testing.assert_array_equal(outputs[1], outputs[0])
+
+
+def test_a_fresh_process_can_open_a_database_that_names_tvms_intrinsics() -> None:
+    """Re-applying a database is often the first thing a process does with TVM; its
+    records may name TVM's VNNI intrinsic (MetaSchedule's generic space) and ours."""
+    import subprocess
+    import sys
+
+    child = (
+        "from dlas.compiler.template_tuning import register_intrinsics\n"
+        "from dlas.algorithms import vnni\n"
+        "from tvm.s_tir import TensorIntrin\n"
+        "register_intrinsics()\n"
+        "TensorIntrin.get('dot_16x4_vnni'); TensorIntrin.get(vnni.NAME)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]

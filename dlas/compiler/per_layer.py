@@ -89,9 +89,10 @@ def _conv_callees(mod: tvm.IRModule, records: list[dict]) -> list[str | None]:
 def conv_costs(candidate: Candidate, work_dir: Path, target: tvm.target.Target) -> list[float]:
     """Seconds per conv layer (in record order): the database's best time of the layer's
     kernel, inf when it has none (not tuned, or every trial failed)."""
-    from tvm.s_tir import meta_schedule as ms
 
-    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    from dlas.compiler.template_tuning import open_database
+
+    database = open_database(work_dir)
     normalize = tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")
     costs: list[float] = []
     for callee in _conv_callees(candidate.mod, candidate.records):

@@ -30,6 +30,33 @@ from dlas.compiler.default_schedule import anchor_of, apply_schedule
 log = logging.getLogger("dlas.compiler")
 
 
+def register_intrinsics() -> None:
+    """Register every tensor intrinsic a tuning record may name, before a database opens.
+
+    A JSON database parses every record's trace when it is opened, and a trace names its
+    tensor intrinsics: ours (``dlas.algorithms.vnni``) and TVM's, which MetaSchedule's
+    generic x86 space tries on VNNI targets (``dot_16x4_vnni``, registered by importing
+    ``tvm.s_tir.tensor_intrin``). The tuning process has them all by the time it reads
+    its results; a later process that only re-applies the database did not, and failed
+    with "TensorIntrin 'dot_16x4_vnni' is not registered" on every int8 point.
+    """
+    from dlas.algorithms import vnni
+    from dlas.compiler.fast_tvmscript import install
+
+    install()  # importing tensor_intrin parses hundreds of TVMScript functions
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+
+    vnni.register()
+
+
+def open_database(work_dir: Path) -> Any:
+    """The JSON tuning database in ``work_dir``, with every intrinsic it may name."""
+    from tvm.s_tir import meta_schedule as ms
+
+    register_intrinsics()
+    return ms.database.JSONDatabase(work_dir=str(work_dir))
+
+
 def _template(target: tvm.target.Target):
     """The tunable template of a kernel as a MetaSchedule ``ScheduleFn`` body."""
 
@@ -132,7 +159,7 @@ def commit_default_schedules(tasks: list, work_dir: Path, builder: Any, runner: 
     default schedule failed to build or run: then only searched records compete)."""
     from tvm.s_tir import meta_schedule as ms
 
-    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    database = open_database(work_dir)
     inputs, records = [], []
     for task in tasks:
         mod = task.dispatched[0]
@@ -170,9 +197,8 @@ def commit_default_schedules(tasks: list, work_dir: Path, builder: Any, runner: 
 
 def task_costs(tasks: list, work_dir: Path, default_ms: dict) -> list[TaskCost]:
     """Per task: records in the database and the best one's time."""
-    from tvm.s_tir import meta_schedule as ms
 
-    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    database = open_database(work_dir)
     costs = []
     for task in tasks:
         mod = task.dispatched[0]

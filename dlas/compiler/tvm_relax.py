@@ -551,6 +551,9 @@ def build(
         if check and decided is None:
             untuned = _copy(mod)  # scheduling passes rewrite functions in place
         if decided is None or decided["kept"] == "tuned":
+            from dlas.compiler.template_tuning import register_intrinsics
+
+            register_intrinsics()  # the database's records may name any of them
             with target, tvm.transform.PassContext(opt_level=3):
                 mod = relax.transform.MetaScheduleApplyDatabase(str(database.work_dir))(mod)
             names.append("apply_tuning_database")
