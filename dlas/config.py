@@ -171,10 +171,11 @@ class CompilerConf:
     trials: int = ranged(0, ge=0)  # MetaSchedule trials in total; 0: tasks x per task
     trials_per_task: int = ranged(0, ge=0)  # 0: no per-task cap
     # candidates the evolutionary search keeps per round; 0: from the per-task budget
-    # (4 x the trials of a round, 64..512; MetaSchedule's own default is 512)
+    # (4 x the trials of a round, 64..512; MetaSchedule's own default is 512). Only with
+    # schedule=default: schedule=none tunes with MetaSchedule's own settings throughout
     population: int = ranged(0, ge=0)
     tune_ops: list[str] = field(default_factory=lambda: ["conv2d", "matmul", "dense"])
-    work_dir: str = "${cache_dir}/tuning"  # tuning databases, keyed by workload and target
+    work_dir: str = "${cache_dir}/tuning"  # databases by workload, target, schedule, threads
 
 
 @dataclass

@@ -114,6 +114,8 @@ def test_folded_model_computes_what_pytorch_computes(tmp_path, pool_input: int) 
         ((2, 1, 1, 3, 1, 1), None),  # every tap reads the map for some output
         ((8, 1, 1, 3, 1, 1), None),
         ((1, 0, 0, 1, 1, 1), None),  # a 1x1 kernel has nothing to crop
+        ((2, 2, 2, 5, 1, 1), (1, 3, 1, 1)),  # 5x5 pad 2 on 2 px: the outer taps go, pad 1 stays
+        ((3, 1, 1, 3, 3, 1), (1, 2, 0, 0)),  # stride 3: the last row is never read, pad 0 will do
     ],
 )
 def test_live_taps(axis: tuple, expected: tuple | None) -> None:
@@ -138,36 +140,59 @@ class SmallMaps(nn.Module):
         return self.dilated(self.grouped(torch.relu(self.same(x)) + x))
 
 
-def test_convs_on_small_maps_keep_only_the_taps_that_read_them(tmp_path) -> None:
-    torch.manual_seed(0)
-    model, x = SmallMaps().eval(), torch.randn(1, 4, 2, 2)
+def _graph_convs(model: nn.Module, x: torch.Tensor) -> list[relax.Call]:
+    """The conv2d calls left after the graph folds, in dataflow order."""
     mod, dtype = tvm_relax.to_relax(torch.export.export(model, (x,)), x)
     for name, step in tvm_relax.passes(tvm_relax._Algorithms(None), dtype):
         if name == "layer4_algorithms":
             break
         mod = step(mod)
-    kernels = []
+    convs: list[relax.Call] = []
 
     def visit(expr: relax.Expr) -> None:
         if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.nn.conv2d":
-            kernels.append(([int(v) for v in expr.args[1].ty.shape.values], expr.attrs))
+            convs.append(expr)
 
     relax.analysis.post_order_visit(mod["main"].body, visit)
-    shapes = [k[0][2:] for k in kernels]
-    assert shapes == [[2, 2], [1, 1], [1, 1], [1, 1]], shapes
-    assert all([int(p) for p in attrs.padding] == [0, 0, 0, 0] for _, attrs in kernels)
-    assert int(kernels[2][1].groups) == 2
+    return convs
 
-    algorithm = OmegaConf.create(
-        {"name": "spatial_pack", "data_format": "dense", "sparsity_threshold": 0.0}
+
+def _compiled_error(model: nn.Module, x: torch.Tensor, algorithm: str, tmp_path) -> float:
+    """max |TVM - PyTorch| of the whole compiled model; the pipeline must hold the crop."""
+    cfg = OmegaConf.create(
+        {"name": algorithm, "data_format": "dense", "sparsity_threshold": 0.0}
         | {"block_size": 4, "fallback": "direct"}
     )
     device = get_device("cpu", threads=1)
-    built = tvm_relax.build(torch.export.export(model, (x,)), x, device, algorithm, tmp_path)
+    built = tvm_relax.build(torch.export.export(model, (x,)), x, device, cfg, tmp_path)
     assert "crop_padding_only_taps" in built.pipeline
     outputs, _ = verify_and_time_tvm(
         str(built.library), [x.numpy()], x.numpy(), device, warmup=0, repeat=1, number=1
     )
     with torch.no_grad():
-        expected = model(x).numpy()
-    assert np.abs(outputs[0] - expected).max() < 1e-5
+        return float(np.abs(outputs[0] - model(x).numpy()).max())
+
+
+def _kernel(conv: relax.Call) -> list[int]:
+    return [int(v) for v in conv.args[1].ty.shape.values]
+
+
+def test_convs_on_small_maps_keep_only_the_taps_that_read_them(tmp_path) -> None:
+    torch.manual_seed(0)
+    model, x = SmallMaps().eval(), torch.randn(1, 4, 2, 2)
+    convs = _graph_convs(model, x)
+    assert [_kernel(c)[2:] for c in convs] == [[2, 2], [1, 1], [1, 1], [1, 1]]
+    assert all([int(p) for p in c.attrs.padding] == [0, 0, 0, 0] for c in convs)
+    assert int(convs[2].attrs.groups) == 2
+    assert _compiled_error(model, x, "spatial_pack", tmp_path) < 1e-5
+
+
+def test_a_crop_that_keeps_some_padding_keeps_its_sides_apart(tmp_path) -> None:
+    """A 5x5 conv with padding 2 on a 2x3 map: rows keep taps 1..3 with padding 1 on each
+    side, columns keep all five taps and padding 2: (top, left, bottom, right) order."""
+    torch.manual_seed(0)
+    model, x = nn.Conv2d(4, 6, 5, padding=2).eval(), torch.randn(1, 4, 2, 3)
+    (conv,) = _graph_convs(model, x)
+    assert _kernel(conv) == [6, 4, 3, 5]
+    assert [int(p) for p in conv.attrs.padding] == [1, 2, 1, 2]
+    assert _compiled_error(model, x, "direct", tmp_path) < 1e-5

@@ -342,14 +342,15 @@ def test_the_pooled_builder_keeps_its_workers_and_reports_failures() -> None:
     builder = PooledBuilder(max_workers=1)
     try:
         first = builder.build([ms.builder.BuilderInput(kernel, target)])
-        workers = {id(w) for w in builder._pool._worker_map.values()}
+        workers = list(builder._pool._worker_map.values())  # held: their ids stay theirs
         second = builder.build(
             [
                 ms.builder.BuilderInput(kernel, target),
                 ms.builder.BuilderInput(broken, target),
             ]
         )
-        assert {id(w) for w in builder._pool._worker_map.values()} == workers
+        after = list(builder._pool._worker_map.values())
+        assert all(a is w for a, w in zip(after, workers, strict=True))
     finally:
         builder.shutdown()
     assert first[0].error_msg is None and Path(first[0].artifact_path).exists()
@@ -439,9 +440,10 @@ def test_int8_spatial_pack_uses_vnni_and_is_bit_exact(stride: int) -> None:
     np.testing.assert_array_equal(outputs[1], outputs[0])
 
 
-def test_a_fresh_process_can_open_a_database_that_names_tvms_intrinsics() -> None:
+def test_a_fresh_process_registers_every_intrinsic_a_database_may_name() -> None:
     """Re-applying a database is often the first thing a process does with TVM; its
-    records may name TVM's VNNI intrinsic (MetaSchedule's generic space) and ours."""
+    records may name TVM's VNNI intrinsic (MetaSchedule's generic space) and ours. (The
+    int8 database that failed to open this way is re-applied by benchmarks/tuned.py.)"""
     import subprocess
     import sys
 

@@ -120,8 +120,10 @@ def live_taps(size: int, pad_lo: int, pad_hi: int, kernel: int, stride: int, dil
         return None
     first, last = live[0], live[-1]
     lo = pad_lo - first * dilation
-    hi = (out - 1) * stride + dilation * (last - first) + 1 - size - lo
-    if lo < 0 or hi < 0 or hi > pad_hi:
+    # the least bottom padding that still reaches the last output's window; any of the
+    # next stride - 1 values gives the same output length (the division floors)
+    hi = max(0, (out - 1) * stride + dilation * (last - first) + 1 - size - lo)
+    if lo < 0 or (size + lo + hi - dilation * (last - first) - 1) // stride + 1 != out:
         return None
     return first, last, lo, hi
 

@@ -306,6 +306,7 @@ class _Importer:
     def convolution(self, node: torch.fx.Node, _importer: Any = None) -> Any:
         from tvm import relax
 
+        from dlas.algorithms.legalize import static_ints
         from dlas.compiler import folds
 
         a = _args(node)
@@ -325,8 +326,10 @@ class _Importer:
         ph, pw = _pair(a["padding"])
         padding = (ph, pw, ph, pw)  # top, left, bottom, right
         strides, dilation = _pair(a["stride"]), _pair(a["dilation"])
-        size = [int(v) for v in xq.ty.shape.values[2:]]
-        cropped = folds.crop_kernel(w, size, padding, strides, dilation)
+        shape = static_ints(xq.ty.shape)
+        cropped = (
+            None if shape is None else folds.crop_kernel(w, shape[2:], padding, strides, dilation)
+        )
         if cropped is not None:  # taps that read only padding (folds.crop_padding_only_taps)
             w, padding = cropped
         if x_zp != 0 and any(padding):

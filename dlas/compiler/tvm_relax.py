@@ -58,7 +58,8 @@ TUNED_OPS = ("conv2d", "matmul", "dense")
 
 @dataclass
 class Tuning:
-    """MetaSchedule budget; the database lives under ``root`` keyed by workload and target.
+    """MetaSchedule budget; databases live under ``root`` keyed by workload, target,
+    ``schedule`` and the thread count the candidates were timed with.
 
     ``trials <= 0`` means "enough for every task": tasks x ``trials_per_task``. A smaller
     global budget leaves some tasks with no trial at all (MetaSchedule's gradient scheduler
@@ -273,6 +274,8 @@ def tune(
     Every candidate is timed with ``threads`` (0 = every core), the count the model will
     run with: a schedule's rank depends on it (a kernel that streams its weights is
     bandwidth-bound on one core and not on two), so the database is keyed by it too.
+    Candidates are always timed on this host (MetaSchedule's local runner): for an RPC
+    board the count is this host's, and the end-to-end check is what times the board.
     """
     from dlas.hardware.cores import exclusive
     from dlas.hardware.threads import children_threads, resolve_threads
@@ -361,8 +364,9 @@ def _tune_tasks(tasks: list, work_dir: Path, trials: int, tuning: Tuning) -> flo
             builder=builder,
             runner=runner,
         )
-    finally:
+    finally:  # both pools hold a TVM each, with a full thread pool: none may outlive this
         builder.shutdown()
+        runner.pool.shutdown()
     costs = template_tuning.task_costs(tasks, work_dir, default_ms)
     template_tuning.write_costs(costs, work_dir / "tasks.json")
     for cost in costs:
