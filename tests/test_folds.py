@@ -47,13 +47,19 @@ def _model(pool_input: int) -> nn.Module:
     return model
 
 
-def _pipeline_ops(model: nn.Module, x: torch.Tensor) -> tuple[set[str], list[list[int]]]:
-    """Relax op names left after the folds, and the matmul weights' shapes."""
+def _folded(model: nn.Module, x: torch.Tensor) -> tvm.IRModule:
+    """The model in Relax after the graph folds (the pipeline up to layer 4)."""
     mod, dtype = tvm_relax.to_relax(torch.export.export(model, (x,)), x)
     for name, step in tvm_relax.passes(tvm_relax._Algorithms(None), dtype):
         if name == "layer4_algorithms":
             break
         mod = step(mod)
+    return mod
+
+
+def _pipeline_ops(model: nn.Module, x: torch.Tensor) -> tuple[set[str], list[list[int]]]:
+    """Relax op names left after the folds, and the matmul weights' shapes."""
+    mod = _folded(model, x)
     ops: set[str] = set()
     weights: list[list[int]] = []
 
@@ -142,11 +148,7 @@ class SmallMaps(nn.Module):
 
 def _graph_convs(model: nn.Module, x: torch.Tensor) -> list[relax.Call]:
     """The conv2d calls left after the graph folds, in dataflow order."""
-    mod, dtype = tvm_relax.to_relax(torch.export.export(model, (x,)), x)
-    for name, step in tvm_relax.passes(tvm_relax._Algorithms(None), dtype):
-        if name == "layer4_algorithms":
-            break
-        mod = step(mod)
+    mod = _folded(model, x)
     convs: list[relax.Call] = []
 
     def visit(expr: relax.Expr) -> None:

@@ -89,7 +89,6 @@ def _conv_callees(mod: tvm.IRModule, records: list[dict]) -> list[str | None]:
 def conv_costs(candidate: Candidate, work_dir: Path, target: tvm.target.Target) -> list[float]:
     """Seconds per conv layer (in record order): the database's best time of the layer's
     kernel, inf when it has none (not tuned, or every trial failed)."""
-
     from dlas.compiler.template_tuning import open_database
 
     database = open_database(work_dir)

@@ -197,7 +197,6 @@ def commit_default_schedules(tasks: list, work_dir: Path, builder: Any, runner: 
 
 def task_costs(tasks: list, work_dir: Path, default_ms: dict) -> list[TaskCost]:
     """Per task: records in the database and the best one's time."""
-
     database = open_database(work_dir)
     costs = []
     for task in tasks:

@@ -444,10 +444,12 @@ def keep_faster(
     seconds the check cost beyond compiling the winner, and the winner's compiled library
     (so it is not compiled a second time).
 
-    MetaSchedule times each kernel alone, on its own inputs; in the model a kernel reads
-    what the previous one left in cache, so a kernel that wins alone can lose in place
-    (measured: resnet18 at 64 trials per task, 1.35 ms tuned vs 1.06 ms untuned, with
-    every task's best record at least as fast as its default). Both programs are
+    MetaSchedule times each kernel alone, calling it again and again on one set of
+    buffers, so weights up to the cores' L2 stay there; in the model they come from L3
+    after the other layers' (resnet18's 2.4 MB layer-3 conv: 0.028 ms alone, 0.051 ms in
+    the model), so a kernel that wins alone can lose in place (measured: resnet18 at 32
+    and 64 trials per task, tuned 0.69 / 0.64 ms vs untuned 0.65 / 0.58 ms end to end,
+    while the best records sum 4-8% below the defaults). Both programs are
     compiled and timed end to end, in turn in one child process pinned to the timing
     cores (untuned, tuned, tuned, untuned: the best round median of each counts). The
     untuned program is kept only if it is faster by more than :data:`KEEP_TUNED_WITHIN`.
