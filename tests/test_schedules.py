@@ -144,6 +144,98 @@ def test_default_and_sampled_schedules_compute_the_loop_nest(
         np.testing.assert_allclose(run(draw, x.numpy(), target), plain, rtol=1e-5, atol=1e-5)
 
 
+class Epilogues(nn.Module):
+    """What the zoo's non-ResNet blocks put around their convs: SiLU (efficientnet's
+    ``x * sigmoid(x)``, an epilogue that reads the conv's value twice), and a concat
+    followed by a BatchNorm that no conv precedes (densenet's pre-activation), so it
+    cannot fold into any weights and stays a chain of elementwise ops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 24, 3, padding=1)
+        self.a = nn.Conv2d(24, 8, 1)
+        self.b = nn.Conv2d(24, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.out = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.silu(self.conv(x))
+        y = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        return self.out(y)
+
+
+def epilogue_module(algorithm: str, x: torch.Tensor, target: tvm.target.Target):
+    torch.manual_seed(0)
+    model = Epilogues().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+        model.bn.weight.uniform_(0.5, 1.5)
+    mod, dtype = tvm_relax.to_relax(torch.export.export(model, (x,)), x)
+    with target:
+        mod = tvm_relax._run(
+            tvm_relax.passes(tvm_relax._Algorithms(algorithm_cfg(algorithm)), dtype), mod, True
+        )
+        scheduled = default_schedules(target)(mod)
+    return scheduled, model
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_dag_epilogues_and_elementwise_chains_are_one_pass(algorithm: str) -> None:
+    """SiLU is computed inside the conv's tile with the polynomial sigmoid (no scalar
+    ``expf``), and a concat-BatchNorm-ReLU chain is one parallel loop nest that writes no
+    intermediate buffer; both still compute what PyTorch does."""
+    from tvm import s_tir
+
+    from dlas.algorithms.schedule import root_blocks
+
+    target = tvm.target.Target(AVX512 if host_has("avx512f") else AVX2)
+    x = torch.randn(1, 3, 9, 10)
+    scheduled, model = epilogue_module(algorithm, x, target)
+    kernels = {
+        g.name_hint: f for g, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+    }
+    silu = [n for n in kernels if "fast_sigmoid" in n and "conv2d" in n]
+    concat = [n for n in kernels if "concatenate" in n]
+    assert silu and concat, sorted(kernels)
+    for name in silu:
+        text = kernels[name].script()
+        assert "T.sigmoid" not in text and "T.exp(" not in text, name
+        sch = s_tir.Schedule(kernels[name])
+        last = root_blocks(sch)[-1]
+        outer = sch.get_loops(last)[0]
+        assert sch.get(outer).kind == tvm.tirx.ForKind.PARALLEL, name
+        assert len(sch.get_child_blocks(outer)) > 1, f"{name}: the epilogue is a pass of its own"
+    for name in concat:
+        sch = s_tir.Schedule(kernels[name])
+        (only,) = root_blocks(sch)
+        assert sch.get(sch.get_loops(only)[0]).kind == tvm.tirx.ForKind.PARALLEL
+    expected = model(x).detach().numpy()
+    np.testing.assert_allclose(run(scheduled, x.numpy(), target), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_math_stays_within_its_documented_error() -> None:
+    """TOPI's polynomial exp and our sigmoid on it, against float64, over float32's range
+    (the bound ``dlas.compiler.fast_math`` states)."""
+    from tvm import te, topi
+
+    from dlas.compiler.fast_math import sigmoid_te
+
+    x = te.placeholder((1 << 14,), "float32", name="x")
+    xs = np.linspace(-87, 88, 1 << 14).astype("float32")
+    got = {}
+    for name, out in (("exp", topi.fast_exp(x)), ("sigmoid", sigmoid_te(x))):
+        fn = tvm.compile(te.create_prim_func([x, out]), target="llvm")
+        result = tvm.runtime.tensor(np.zeros_like(xs))
+        fn(tvm.runtime.tensor(xs), result)
+        got[name] = result.numpy().astype("float64")
+    exp = np.exp(xs.astype("float64"))
+    sigmoid = 1 / (1 + np.exp(-xs.astype("float64")))
+    assert np.max(np.abs(got["exp"] - exp) / exp) < 5e-6
+    assert np.max(np.abs(got["sigmoid"] - sigmoid) / sigmoid) < 5e-6
+    assert np.max(np.abs(got["sigmoid"] - sigmoid)) < 1e-6
+
+
 def test_every_algorithm_has_a_registered_schedule() -> None:
     assert {
         "conv2d_direct",

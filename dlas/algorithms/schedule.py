@@ -169,13 +169,35 @@ def is_elementwise(sch: Schedule, block: SBlockRV) -> bool:
 
 
 def inline_epilogue(sch: Schedule, anchor: SBlockRV) -> SBlockRV | None:
-    """Fold the elementwise chain after ``anchor`` (bias, ReLU, residual add, unpacking,
-    requantize) into one block that reads the anchor's output directly; returns that last
-    block, or None when the anchor writes the kernel's output itself.
+    """Fold the elementwise blocks after ``anchor`` (bias, ReLU, residual add, unpacking,
+    requantize, SiLU's ``x * sigmoid(x)``) into one block that reads the anchor's output
+    directly; returns that last block, or None when the anchor writes the kernel's output
+    itself.
 
-    Each intermediate consumer is inlined into the next; the last one (the kernel output)
-    is kept, to be computed inside the anchor's tile (:func:`fuse_epilogue`).
+    Every elementwise block between the anchor and the kernel's output is inlined into its
+    consumers, so an epilogue shaped as a DAG (SiLU reads the biased value twice) fuses as
+    well as a chain; the last one (the kernel output) is kept, to be computed inside the
+    anchor's tile (:func:`fuse_epilogue`).
     """
+    if not sch.get_consumers(anchor):
+        return None
+    name = sch.get(anchor).name_hint
+    names = [sch.get(b).name_hint for b in root_blocks(sch)]
+    after = [get_block(sch, n) for n in names[names.index(name) + 1 :]] if name in names else []
+    if not after or not all(is_elementwise(sch, b) for b in after):
+        return _inline_chain(sch, anchor)
+    *middle, last = after
+    if sch.get_consumers(last):
+        return _inline_chain(sch, anchor)
+    for block in middle:
+        with contextlib.suppress(Exception):  # TVM's own error type: not inlinable
+            sch.compute_inline(block)
+    return last
+
+
+def _inline_chain(sch: Schedule, anchor: SBlockRV) -> SBlockRV | None:
+    """The single-consumer elementwise chain after ``anchor``, inlined but for its last
+    block (returned)."""
     consumers = sch.get_consumers(anchor)
     if not consumers:
         return None
@@ -288,6 +310,20 @@ def schedule_stage(sch: Schedule, block: SBlockRV, knobs: Knobs) -> None:
         parallel_outer(sch, outer, knobs.cores)
 
 
+def inline_injective(sch: Schedule) -> None:
+    """Compute every injective intermediate of a kernel inside its consumer, so that a
+    fused chain (concat, then a BatchNorm's subtract, divide, multiply, add, then ReLU) is
+    one pass over memory and one fork/join, not one per op. TVM's FuseOps groups such
+    chains into one kernel but legalizes each op to its own loop nest; without this, each
+    writes an intermediate buffer (densenet121's 58 concat-BN-ReLU kernels ran 6 parallel
+    loops each). A block that cannot be inlined (it writes the kernel's output, or a
+    reduction reads it in a way TVM refuses) keeps its own loop nest."""
+    for block in root_blocks(sch)[:-1]:
+        if is_elementwise(sch, block):
+            with contextlib.suppress(Exception):  # TVM's own error type: not inlinable
+                sch.compute_inline(block)
+
+
 def _is_vectorized(sch: Schedule, loop: LoopRV) -> bool:
     return sch.get(loop).kind == tirx.ForKind.VECTORIZED
 
@@ -315,6 +351,7 @@ __all__ = [
     "fuse_epilogue",
     "get_block",
     "inline_epilogue",
+    "inline_injective",
     "Tile",
     "largest_divisor",
     "tile_anchor",

@@ -29,6 +29,7 @@ from dlas.algorithms.schedule import (
     Knobs,
     ScheduleError,
     get_block,
+    inline_injective,
     is_scheduled,
     root_blocks,
     schedule_stage,
@@ -60,6 +61,10 @@ def apply_schedule(sch: s_tir.Schedule, target: tvm.target.Target, tunable: bool
     blocks = root_blocks(sch)
     names = [sch.get(b).name_hint for b in blocks]
     anchor = _anchor_in(names)
+    if anchor is None:
+        inline_injective(sch)
+        blocks = root_blocks(sch)
+        names = [sch.get(b).name_hint for b in blocks]
     producers = blocks[: names.index(anchor)] if anchor else blocks
     for block, name in zip(producers, names, strict=False):
         if name not in OWN_STAGES:
@@ -74,6 +79,24 @@ def apply_schedule(sch: s_tir.Schedule, target: tvm.target.Target, tunable: bool
             raise ScheduleError(
                 f"default schedule of {anchor!r} cannot apply: {first[-1] if first else err}"
             ) from err
+        _schedule_leftovers(sch, names[names.index(anchor) + 1 :], knobs)
+
+
+def _schedule_leftovers(sch: s_tir.Schedule, after: list[str], knobs: Knobs) -> None:
+    """Blocks after the anchor that its schedule neither inlined nor computed inside its
+    tile get the generic schedule, so no stage of a kernel stays a serial loop nest (an
+    epilogue the anchor could not fuse used to run unscheduled after it)."""
+    for name in after:
+        try:
+            block = sch.get_sblock(name)
+        except Exception:  # noqa: BLE001 - TVM's own error type: inlined away
+            continue
+        loops = sch.get_loops(block)
+        if not loops or len(sch.get_child_blocks(loops[0])) != 1:
+            continue  # computed inside the anchor's nest
+        if any(sch.get(loop).kind != tirx.ForKind.SERIAL for loop in loops):
+            continue  # scheduled already (the anchor's fallback for an unfusable epilogue)
+        schedule_stage(sch, block, knobs)
 
 
 def narrow_indices() -> tvm.transform.Pass:

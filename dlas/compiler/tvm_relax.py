@@ -2,26 +2,32 @@
 
 The pipeline is a list of named passes (``passes()``), read top to bottom:
 
-1. ``fold_weight_reshapes`` ... ``fold_replicated_linear``: weights are constants
+1. ``fold_weight_reshapes`` ... ``crop_padding_only_taps``: weights are constants
    (``keep_params_as_input=False``), so BatchNorm folds into the conv weights (a conv bias
    before it first moves into its mean, ``dlas.compiler.folds``), a linear layer fed by a
-   pool that only replicates a 1x1 map is summed down to the real input size, and the
-   algorithm layer sees the real (pruned) weights.
+   pool that only replicates a 1x1 map is summed down to the real input size, kernel taps
+   that read only padding are dropped, and the algorithm layer sees the real (pruned)
+   weights.
 2. ``mixed_precision_fp16`` (fp16 models only): convs and matmuls in float16.
 3. ``layer4_algorithms``: our legalization of conv2d / linear into the chosen
    primitive and data format (``dlas.algorithms``), recorded per layer.
-4. ``legalize`` ... ``fuse_tir``: TVM's own lowering of every other op and fusion of
+4. ``fast_math`` (default schedules only): ``exp``, ``sigmoid``, ``tanh``, ``erf`` and
+   ``softmax`` as polynomials that vectorize (``dlas.compiler.fast_math``).
+5. ``legalize`` ... ``fuse_tir``: TVM's own lowering of every other op and fusion of
    elementwise epilogues (bias, ReLU, residual add) into the producers.
-5. ``metaschedule_tune`` + ``apply_tuning_database`` (``tvm_autoschedule`` only).
-   With ``algorithm=best``, steps 3-4 run once per candidate algorithm, all candidates'
+6. ``metaschedule_tune`` + ``apply_tuning_database`` (``tvm_autoschedule`` only).
+   With ``algorithm=best``, steps 3-5 run once per candidate algorithm, all candidates'
    kernels are tuned into one database, and ``choose_algorithm_per_layer`` gives each
-   layer the candidate whose tuned kernel ran fastest before steps 3-4 run for real
+   layer the candidate whose tuned kernel ran fastest before steps 3-5 run for real
    (``dlas.compiler.per_layer``).
+7. ``default_schedules``: every kernel no tuning record covers gets its default
+   schedule (``dlas.compiler.default_schedule``): a layer-4 compute its algorithm's
+   template with default knobs, every other kernel the generic one.
 
-*Untuned* (``tvm_untuned``) means exactly steps 1-4: TVM 0.27 has no default CPU
-schedules (``dlight.cpu`` covers GEMV and reductions only), so every kernel runs as
-the plain loop nest its TE compute describes, compiled by LLVM (which vectorizes
-innermost loops where it can), single-threaded inside each kernel.
+*Untuned* (``tvm_untuned``) means steps 1-5 and 7, DLAS's sense of the word: each
+primitive's hand-written schedule at its default knobs. ``compiler.schedule=none`` skips
+steps 4 and 7 and keeps the plain loop nests (TVM 0.27's CPU pipeline schedules nothing
+itself), single-threaded, to reproduce the numbers measured before default schedules.
 """
 
 from __future__ import annotations
@@ -175,10 +181,13 @@ def kernel_passes(algorithms: _Algorithms) -> list[tuple[str, tvm.transform.Pass
     """Layer 4, then TVM's lowering of the other ops and the fusion into kernels (with
     int32 indices for the scheduled kernels, which tensor intrinsics need)."""
     from dlas.compiler.default_schedule import narrow_indices
+    from dlas.compiler.fast_math import fast_math
 
     t = relax.transform
-    steps = [
-        ("layer4_algorithms", algorithms.pass_()),
+    steps = [("layer4_algorithms", algorithms.pass_())]
+    if not algorithms.plain_layouts:  # the default schedules vectorize exp and sigmoid
+        steps.append(("fast_math", fast_math()))
+    steps += [
         ("legalize", t.LegalizeOps()),
         ("annotate_op_patterns", t.AnnotateTIROpPattern()),
         ("fold_constants_again", t.FoldConstant()),
