@@ -153,6 +153,7 @@ class Epilogues(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 24, 3, padding=1)
+        self.depthwise = nn.Conv2d(24, 24, 3, stride=2, padding=1, groups=24)
         self.a = nn.Conv2d(24, 8, 1)
         self.b = nn.Conv2d(24, 8, 3, padding=1)
         self.bn = nn.BatchNorm2d(16)
@@ -160,6 +161,7 @@ class Epilogues(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.silu(self.conv(x))
+        x = torch.relu(self.depthwise(x))
         y = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
         return self.out(y)
 
@@ -183,8 +185,9 @@ def epilogue_module(algorithm: str, x: torch.Tensor, target: tvm.target.Target):
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_dag_epilogues_and_elementwise_chains_are_one_pass(algorithm: str) -> None:
     """SiLU is computed inside the conv's tile with the polynomial sigmoid (no scalar
-    ``expf``), and a concat-BatchNorm-ReLU chain is one parallel loop nest that writes no
-    intermediate buffer; both still compute what PyTorch does."""
+    ``expf``), a depthwise conv (24 channels: blocks of 8 on AVX-512 too) runs
+    channel-blocked, and a concat-BatchNorm-ReLU chain is one parallel loop nest that
+    writes no intermediate buffer; all still compute what PyTorch does."""
     from tvm import s_tir
 
     from dlas.algorithms.schedule import root_blocks
@@ -198,6 +201,8 @@ def test_dag_epilogues_and_elementwise_chains_are_one_pass(algorithm: str) -> No
     silu = [n for n in kernels if "fast_sigmoid" in n and "conv2d" in n]
     concat = [n for n in kernels if "concatenate" in n]
     assert silu and concat, sorted(kernels)
+    (depthwise,) = [n for n in kernels if "depthwise_packed" in n]
+    assert "(3, 3, 3, 8)" in kernels[depthwise].script(), "kernel packed in blocks of 8"
     for name in silu:
         text = kernels[name].script()
         assert "T.sigmoid" not in text and "T.exp(" not in text, name

@@ -8,6 +8,8 @@ OIHW layout untouched: it is the baseline every other data format is compared wi
 
 from __future__ import annotations
 
+import numpy as np
+import tvm
 from tvm import te
 from tvm.s_tir import Schedule
 from tvm.s_tir.schedule import SBlockRV
@@ -95,3 +97,86 @@ def schedule_direct(sch: Schedule, block: SBlockRV, knobs: Knobs) -> None:
             Tile(3, cols, max_inner=16),
         ]
     tile_anchor(sch, block, knobs, tiles)
+
+
+# -- depthwise, channel-blocked ----------------------------------------------------------
+# A depthwise conv has no reduction over channels, so in NCHW neither output columns
+# (strided by the stride, and short on late maps: 4, 2, 1 lanes of 16) nor channels
+# (H x W apart) make a good vector. Blocking channels, NCHW[vc]c as oneDNN and TOPI's old
+# x86 depthwise did, makes every tap one contiguous vector of vc channels whatever the map
+# size and stride: the input is packed once per call, the kernel once at compile time.
+
+
+def depthwise_block(spec: Conv2dSpec, lanes: int) -> int | None:
+    """Channels per block (the largest of 16, 8, 4 dividing C and fitting one vector), or
+    None when the layer is not a plain depthwise conv or no block fits (then it stays the
+    grouped direct compute)."""
+    if not (spec.is_depthwise and spec.out_channels == spec.in_channels):
+        return None
+    return next((c for c in (16, 8, 4) if c <= lanes and spec.in_channels % c == 0), None)
+
+
+def pack_depthwise_kernel(weight: np.ndarray, vc: int) -> np.ndarray:
+    """(C, 1, kh, kw) -> (C/vc, kh, kw, vc): each tap's vc channels adjacent."""
+    c, _, kh, kw = weight.shape
+    return np.ascontiguousarray(weight.reshape(c // vc, vc, kh, kw).transpose(0, 2, 3, 1))
+
+
+def conv2d_depthwise_packed(
+    data: te.Tensor, kernel_vec: te.Tensor, spec: Conv2dSpec, out_dtype: str, vc: int
+) -> te.Tensor:
+    """out[n, c, y, x] = sum_{r, s} in[n, c, y*sh + r*dh, x*sw + s*dw] * w[c, 0, r, s],
+    computed over channel blocks: (n, c/vc, y, x, vc), then unpacked to NCHW."""
+    batch, _, height, width = data.shape
+    top, left, bottom, right = spec.padding
+    blocks = spec.in_channels // vc
+
+    def pack(n, cb, h, w, ci):  # zero padding folded into the packing: one pass
+        inside = tvm.tirx.all(h >= top, h < top + height, w >= left, w < left + width)
+        value = data[n, cb * vc + ci, h - top, w - left]
+        return tvm.tirx.if_then_else(inside, value, tvm.tirx.const(0, data.dtype))
+
+    data_vec = te.compute(
+        (batch, blocks, height + top + bottom, width + left + right, vc), pack, name="data_vec_dw"
+    )
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    ry = te.reduce_axis((0, spec.kernel_h), name="ry")
+    rx = te.reduce_axis((0, spec.kernel_w), name="rx")
+    conv = te.compute(
+        (batch, blocks, spec.out_height, spec.out_width, vc),
+        lambda n, cb, y, x, ci: te.sum(
+            as_dtype(data_vec[n, cb, y * sh + ry * dh, x * sw + rx * dw, ci], out_dtype)
+            * as_dtype(kernel_vec[cb, ry, rx, ci], out_dtype),
+            axis=[ry, rx],
+        ),
+        name="conv_dw_packed",
+    )
+    return te.compute(
+        (batch, spec.out_channels, spec.out_height, spec.out_width),
+        lambda n, c, y, x: conv[n, c // vc, y, x, c % vc],
+        name="conv2d_depthwise_packed",
+        tag="conv2d_depthwise_packed",
+    )
+
+
+@schedules_anchor("conv_dw_packed")
+def schedule_depthwise_packed(sch: Schedule, block: SBlockRV, knobs: Knobs) -> None:
+    """Loops (n, cb, y, x, ci | ry, rx): a tile of rows x columns of output pixels, each
+    one vector of vc channels, stays in registers across the kh x kw taps; the packing is
+    the generic stage before it, the unpacking and epilogue follow each tile."""
+    _, _, y_loop, x_loop, _, *_ = sch.get_loops(block)
+    height, width = knobs.extent(y_loop), knobs.extent(x_loop)
+    pixels = knobs.accumulators()
+    cols = largest_divisor(width, min(8, pixels))
+    rows = largest_divisor(height, max(1, min(4, pixels // cols)))
+    tile_anchor(
+        sch,
+        block,
+        knobs,
+        [
+            Tile(2, rows, max_inner=4),
+            Tile(3, cols, max_inner=8),
+            Tile(4, 0, vector=True),
+        ],
+    )
+

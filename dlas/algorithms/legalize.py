@@ -24,7 +24,7 @@ from tvm import relax, te
 from tvm.ir import Expr
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from . import im2col_gemm, linear, spatial_pack, winograd  # noqa: F401 - linear: its schedule
+from . import direct, im2col_gemm, linear, spatial_pack, winograd  # noqa: F401 - linear: its schedule
 from .common import Conv2dSpec
 from .direct import conv2d_direct
 from .schedule import target_has, target_lanes
@@ -255,6 +255,13 @@ class _Legalizer(PyExprMutator):
                 *arrays,
             )
         if choice.algorithm == "direct":
+            vc = None if plain or weight is None else direct.depthwise_block(spec, lanes)
+            if vc is not None:
+                return emit(
+                    "depthwise_packed",
+                    lambda x, k: direct.conv2d_depthwise_packed(x, k, spec, out_dtype, vc),
+                    relax.const(direct.pack_depthwise_kernel(weight, vc)),
+                )
             return emit("direct", lambda x, k: conv2d_direct(x, k, spec, out_dtype), weight_expr)
         if choice.algorithm == "gemm":
             return emit(
