@@ -97,32 +97,47 @@ def time_row(name: str, compression: str, algorithm: str, data_format: str, args
         if err > limit:
             raise VerificationError(f"{name} {column}: max |out - eager| {err:.2e} > {limit:.0e}")
 
+    # Build first, then time every column in interleaved rounds: this VM's speed drifts
+    # by up to ~10% within half an hour (its neighbours), so columns timed minutes apart
+    # are not comparable; interleaved, each round sees the same machine, and a column's
+    # figure is its fastest round's median (the least disturbed one).
+    timers: dict[str, Any] = {}
     kinds = ("pytorch", "onnxruntime") if dtype == "float32" else ("pytorch",)
     for kind in kinds:
-        output, row[kind] = time_baseline(kind, path, x.numpy(), device, protocol, f"{name} {kind}")
-        check(kind, output)
+        timers[kind] = lambda k=kind: time_baseline(k, path, x.numpy(), device, protocol, k)
     cfg = OmegaConf.structured(AlgorithmConf(name=algorithm, data_format=data_format))
     for schedule in ("none", "default"):
         built = tvm_relax.build(
             program, x, device, cfg, work / f"{algorithm}-{schedule}", None, schedule
         )
-        label = f"{name} {schedule}"
-        output, row[schedule] = time_tvm(built.library, x.numpy(), device, protocol, label)
-        check(schedule, output)
+        timers[schedule] = tvm_timer(built.library, x, device, protocol, schedule)
     for budget in args.budgets:
         tuning = tvm_relax.Tuning(0, budget, args.tuning_dir / f"per-task-{budget}")
         built = tvm_relax.build(program, x, device, cfg, work / f"{algorithm}-{budget}", tuning)
         column = f"tuned/{budget}"
-        label = f"{name} {column}"
-        output, row[column] = time_tvm(built.library, x.numpy(), device, protocol, label)
-        check(column, output)
+        timers[column] = tvm_timer(built.library, x, device, protocol, column)
         row[f"tune_s/{budget}"] = built.info["tuning_cost_s"]
         row[f"trials/{budget}"] = built.info["tuning_trials"]
         row[f"best_from/{budget}"] = dict(Counter(c["best_from"] for c in task_costs(built)))
         # dlas keeps whichever of the tuned and untuned programs is faster end to end
         row[f"end_to_end/{budget}"] = built.info.get("end_to_end")
+    rounds: dict[str, list[float]] = {column: [] for column in timers}
+    for i in range(args.rounds):
+        for column, timer in timers.items():
+            output, ms = timer()
+            print(f"{name} round {i + 1}/{args.rounds} {column}: {ms:.3f} ms", flush=True)
+            check(column, output)
+            rounds[column].append(ms)
+    for column, times in rounds.items():
+        row[column] = min(times)
+        row[f"{column}/rounds"] = times
+    row["rounds"] = args.rounds
     print(name, compression, algorithm, data_format, row, flush=True)
     return row
+
+
+def tvm_timer(library: Path, x: torch.Tensor, device: Any, protocol: dict, label: str):
+    return lambda: time_tvm(library, x.numpy(), device, protocol, label)
 
 
 def task_costs(built: Any) -> list[dict]:
@@ -185,10 +200,13 @@ def table(rows: dict[str, dict]) -> str:
             + f" | {r['none']:.1f} | **{r['default']:.2f}** | "
             + "".join(f"{c} | " for c in cells)
             + f"{ort} | {pct(r, 'default')}, {pct(r, best_col)} | {winners} "
-            f"| {r['date']}, {r['cpu']}, peak {r['peak_gflops']:.0f} GFLOP/s |"
+            f"| {r['date']}, {r['cpu']}, peak {r['peak_gflops']:.0f} GFLOP/s, "
+            f"{r.get('rounds', 1)} round{'s' if r.get('rounds', 1) > 1 else ''} |"
         )
     return (
-        "Median latency, batch 1, 3x32x32, random weights, 2 threads. `none` = "
+        "Median latency, batch 1, 3x32x32, random weights, 2 threads; every column timed in "
+        "the row's number of interleaved rounds (last cell), each column's fastest round "
+        "kept. `none` = "
         "compiler.schedule=none (plain loop nests), untuned = the default schedules, tuned N "
         "= MetaSchedule at N trials per task from an empty database (its tuning time in "
         "brackets; † the whole tuned model timed slower than the untuned one, so the untuned "
@@ -213,6 +231,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--number", type=int, default=5)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved timing rounds; fastest counts"
+    )
     parser.add_argument("--tuning-dir", type=Path, default=Path(".cache/dlas/bench-tuning"))
     parser.add_argument("--no-write", action="store_true", help="print, do not edit README.md")
     args = parser.parse_args()
@@ -234,7 +255,7 @@ def main() -> None:
                     fmt = "" if data_format == "dense" else f" {data_format}"
                     label = LABELS[args.compression]
                     key = f"{name} ({args.stem}) {label} {algorithm}{fmt}"
-                    rows[key] = rows.get(key, {}) | row
+                    rows[key] = row  # one run's measurement: no columns of an older one
                     if not args.no_write:
                         save_rows("tuned.json", rows)
                         write_section("tuned", table(rows))
