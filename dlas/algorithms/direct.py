@@ -88,9 +88,7 @@ def schedule_direct(sch: Schedule, block: SBlockRV, knobs: Knobs) -> None:
             Tile(3, vector, max_inner=lanes, vector=True),
         ]
     else:
-        pixels = knobs.accumulators()  # half the vector register file
-        cols = largest_divisor(width, pixels)
-        rows = largest_divisor(height, max(1, pixels // cols))
+        rows, cols = knobs.pixel_tile(height, width)  # half the vector register file
         tiles = [
             Tile(1, lanes, max_inner=lanes, vector=True),
             Tile(2, rows, max_inner=4),
@@ -166,9 +164,7 @@ def schedule_depthwise_packed(sch: Schedule, block: SBlockRV, knobs: Knobs) -> N
     the generic stage before it, the unpacking and epilogue follow each tile."""
     _, _, y_loop, x_loop, _, *_ = sch.get_loops(block)
     height, width = knobs.extent(y_loop), knobs.extent(x_loop)
-    pixels = knobs.accumulators()
-    cols = largest_divisor(width, min(8, pixels))
-    rows = largest_divisor(height, max(1, min(4, pixels // cols)))
+    rows, cols = knobs.pixel_tile(height, width, max_cols=8)
     tile_anchor(
         sch,
         block,

@@ -97,9 +97,7 @@ def schedule_gemm(sch: Schedule, block: SBlockRV, knobs: Knobs) -> None:
     lanes = int(sch.get(block).annotations.get("panel", 1))
     _, o_loop, y_loop, x_loop, _ = sch.get_loops(block)
     height, width = knobs.extent(y_loop), knobs.extent(x_loop)
-    pixels = knobs.accumulators()
-    cols = largest_divisor(width, pixels)
-    rows = largest_divisor(height, max(1, pixels // cols))
+    rows, cols = knobs.pixel_tile(height, width)
     tile_anchor(
         sch,
         block,

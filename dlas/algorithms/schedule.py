@@ -147,6 +147,14 @@ class Knobs:
             raise ScheduleError(f"loop extent {value} is not static")
         return int(value)
 
+    def pixel_tile(self, height: int, width: int, max_cols: int | None = None) -> tuple[int, int]:
+        """(rows, cols) of output pixels a register tile holds, one accumulator vector
+        each: columns first (up to ``max_cols``), then rows, within :meth:`accumulators`;
+        divisors of the map, so no tail."""
+        pixels = self.accumulators()
+        cols = largest_divisor(width, min(max_cols or pixels, pixels))
+        return largest_divisor(height, max(1, pixels // cols)), cols
+
     def unroll_step(self) -> int | object:
         """``pragma_auto_unroll_max_step`` for the reduction loop (0 = LLVM decides):
         16 untuned, one of 0 / 16 / 64 / 512 sampled."""

@@ -24,7 +24,7 @@ from tvm.s_tir import Schedule
 from tvm.s_tir.schedule import SBlockRV
 
 from .common import Conv2dSpec, as_dtype, pad_nchw
-from .schedule import Knobs, Tile, get_block, largest_divisor, schedules_anchor, tile_anchor
+from .schedule import Knobs, Tile, get_block, schedules_anchor, tile_anchor
 
 # (B^T, G, A^T) for F(m, 3), keyed by the output tile size m.
 _MATRICES: dict[int, tuple[list[list[float]], ...]] = {
@@ -163,10 +163,8 @@ def schedule_winograd(sch: Schedule, block: SBlockRV, knobs: Knobs) -> None:
     _schedule_input_transform(sch, knobs)
     gemm = block
     lanes = knobs.lanes(str(sch.get(gemm).writes[0].source.dtype))
-    pixels = knobs.accumulators()
     _, _, _, th_loop, tw_loop, _, _ = sch.get_loops(gemm)
-    cols = largest_divisor(knobs.extent(tw_loop), pixels)
-    rows = largest_divisor(knobs.extent(th_loop), max(1, pixels // cols))
+    rows, cols = knobs.pixel_tile(knobs.extent(th_loop), knobs.extent(tw_loop))
     tile_anchor(
         sch,
         gemm,
@@ -179,8 +177,7 @@ def schedule_winograd(sch: Schedule, block: SBlockRV, knobs: Knobs) -> None:
     )
     out = get_block(sch, "conv2d_winograd")
     _, _, y_loop, x_loop, _, _ = sch.get_loops(out)
-    cols = largest_divisor(knobs.extent(x_loop), pixels)
-    rows = largest_divisor(knobs.extent(y_loop), max(1, pixels // cols))
+    rows, cols = knobs.pixel_tile(knobs.extent(y_loop), knobs.extent(x_loop))
     tile_anchor(
         sch,
         out,
