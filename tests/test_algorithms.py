@@ -222,7 +222,7 @@ def test_best_applies_the_per_layer_choice_in_layer_order(zoo) -> None:
     legal, records = legalize_convs(mod, "best", per_layer=per_layer)
     layers = by_layer(records)
     got = [layers[name]["algorithm"] for name in LAYERS[:6]]
-    # depthwise and grouped convs always take the grouped direct compute
+    # depthwise and grouped convs always take the direct compute
     assert got == ["winograd", "gemm", "spatial_pack", "direct", "direct", "direct"]
     assert {r["requested"] for r in records} == {"best"}
     kernels = [layers[name]["kernel"] for name in LAYERS[:6]]

@@ -5,7 +5,8 @@ weights are stored.
 ``call_tir`` of one of our TE computes (and, for the sparse formats, every linear layer
 with a constant weight), and reports per layer what it got and why:
 
-- ``direct``: the plain loop nest, OIHW weights (also every grouped/depthwise conv);
+- ``direct``: the plain loop nest, OIHW weights (also every grouped conv; depthwise ones
+  channel-blocked, NCHW[vc]c, under the default schedules);
 - ``gemm``: explicit im2col matrix times the (O, C*kh*kw) weight matrix;
 - ``spatial_pack``: NCHW[x]c-style register tiles, kernel packed (O/VC, C, kh, kw, VC);
 - ``winograd``: F(2x2 or 4x4, 3x3), weights pre-transformed; 3x3 stride-1 convs only.

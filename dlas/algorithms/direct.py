@@ -1,9 +1,11 @@
 """Direct convolution: the textbook seven-deep loop nest, with groups.
 
-Why ours and not ``topi.nn.conv2d_nchw``: one compute covers ordinary, grouped and
-depthwise convolutions (DLAS's "direct" primitive), so the dispatcher can send every
-grouped layer here whatever algorithm was requested, and the weight keeps PyTorch's
-OIHW layout untouched: it is the baseline every other data format is compared with.
+Why ours and not ``topi.nn.conv2d_nchw``: one compute covers ordinary and grouped
+convolutions (DLAS's "direct" primitive), so the dispatcher can send every grouped layer
+here whatever algorithm was requested, and the weight keeps PyTorch's OIHW layout
+untouched: it is the baseline every other data format is compared with. Depthwise
+layers get the channel-blocked variant at the end of this module (with the default
+schedules; the plain loop nests of ``compiler.schedule=none`` keep the grouped compute).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def schedule_direct(sch: Schedule, block: SBlockRV, knobs: Knobs) -> None:
     untransformed baseline), so the vector axis is chosen by the map, as TOPI's direct
     schedules did:
 
-    - wide maps (OW >= one vector, stride 1) and depthwise/grouped convs: a tile of ``lanes`` output
+    - wide maps (OW >= one vector, stride 1) and grouped convs: a tile of ``lanes`` output
       columns x 4 output channels; the input row segment is one vector load reused by the
       4 channels, each weight a broadcast scalar;
     - narrow maps (the 8x8 ... 1x1 maps of a CNN's late stages at small inputs): a tile of
@@ -175,4 +177,3 @@ def schedule_depthwise_packed(sch: Schedule, block: SBlockRV, knobs: Knobs) -> N
             Tile(4, 0, vector=True),
         ],
     )
-

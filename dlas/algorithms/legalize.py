@@ -70,7 +70,10 @@ def choose_conv(spec: Conv2dSpec, weight: np.ndarray | None, opts: Options) -> C
     if spec.groups > 1:
         kind = "depthwise" if spec.is_depthwise else "grouped"
         asked = (opts.algorithm, opts.data_format) != ("direct", "dense")
-        why = f"{kind} conv (groups={spec.groups}) always uses the grouped direct compute"
+        why = (
+            f"{kind} conv (groups={spec.groups}) always uses the direct compute "
+            "(channel-blocked when depthwise, grouped otherwise)"
+        )
         return Choice("direct", "dense", why if asked else None)
     if opts.data_format != "dense":
         assert weight is not None

@@ -195,11 +195,10 @@ def inline_epilogue(sch: Schedule, anchor: SBlockRV) -> SBlockRV | None:
     if not after or not all(is_elementwise(sch, b) for b in after):
         return _inline_chain(sch, anchor)
     *middle, last = after
-    if sch.get_consumers(last):
-        return _inline_chain(sch, anchor)
+    if sch.get_consumers(last) or not all(sch.get_consumers(b) for b in middle):
+        return _inline_chain(sch, anchor)  # a second output: not one epilogue block
     for block in middle:
-        with contextlib.suppress(Exception):  # TVM's own error type: not inlinable
-            sch.compute_inline(block)
+        sch.compute_inline(block)  # a refusal fails the layer (ScheduleError upstream)
     return last
 
 
@@ -325,9 +324,16 @@ def inline_injective(sch: Schedule) -> None:
     chains into one kernel but legalizes each op to its own loop nest; without this, each
     writes an intermediate buffer (densenet121's 58 concat-BN-ReLU kernels ran 6 parallel
     loops each). A block that cannot be inlined (it writes the kernel's output, or a
-    reduction reads it in a way TVM refuses) keeps its own loop nest."""
+    a reduction reads it) keeps its own loop nest."""
     for block in root_blocks(sch)[:-1]:
-        if is_elementwise(sch, block):
+        consumers = sch.get_consumers(block)
+        # Only into elementwise consumers: inlined into a reduction (padding into a pool
+        # window, exp into softmax's sum and its normalization) it would be recomputed.
+        if (
+            is_elementwise(sch, block)
+            and consumers
+            and all(is_elementwise(sch, c) for c in consumers)
+        ):
             with contextlib.suppress(Exception):  # TVM's own error type: not inlinable
                 sch.compute_inline(block)
 

@@ -11,7 +11,9 @@ own mechanism for default schedules, ``dlight.ApplyDefaultSchedule``:
   that compute's schedule, epilogue fused into its tile; the stages before its anchor
   (padding, packing, im2col) get the generic schedule;
 - every other kernel (pooling, add, concat, softmax, layout transforms, TVM's own
-  ``matmul``) gets the generic one: parallel outer loops, vectorized innermost loop.
+  ``matmul``) gets the generic one: its injective stages inlined into one loop nest,
+  parallel outer loops, vectorized innermost loop; so does any block an anchor's
+  schedule leaves standing after it.
 
 The same rule with ``tunable=True`` is MetaSchedule's search space for a layer-4 kernel
 (``dlas.compiler.tvm_relax``): one template, default knobs untuned, sampled knobs tuned.

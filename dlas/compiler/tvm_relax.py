@@ -11,10 +11,12 @@ The pipeline is a list of named passes (``passes()``), read top to bottom:
 2. ``mixed_precision_fp16`` (fp16 models only): convs and matmuls in float16.
 3. ``layer4_algorithms``: our legalization of conv2d / linear into the chosen
    primitive and data format (``dlas.algorithms``), recorded per layer.
-4. ``fast_math`` (default schedules only): ``exp``, ``sigmoid``, ``tanh``, ``erf`` and
-   ``softmax`` as polynomials that vectorize (``dlas.compiler.fast_math``).
+4. ``fast_math`` (unless ``compiler.schedule=none``; tuned too): ``exp``, ``sigmoid``,
+   ``tanh``, ``erf`` and ``softmax`` as polynomials that vectorize
+   (``dlas.compiler.fast_math``).
 5. ``legalize`` ... ``fuse_tir``: TVM's own lowering of every other op and fusion of
-   elementwise epilogues (bias, ReLU, residual add) into the producers.
+   elementwise epilogues (bias, ReLU, residual add) into the producers; then
+   ``narrow_indices`` (int32 indices, which tensor intrinsics need).
 6. ``metaschedule_tune`` + ``apply_tuning_database`` (``tvm_autoschedule`` only).
    With ``algorithm=best``, steps 3-5 run once per candidate algorithm, all candidates'
    kernels are tuned into one database, and ``choose_algorithm_per_layer`` gives each
@@ -26,8 +28,9 @@ The pipeline is a list of named passes (``passes()``), read top to bottom:
 
 *Untuned* (``tvm_untuned``) means steps 1-5 and 7, DLAS's sense of the word: each
 primitive's hand-written schedule at its default knobs. ``compiler.schedule=none`` skips
-steps 4 and 7 and keeps the plain loop nests (TVM 0.27's CPU pipeline schedules nothing
-itself), single-threaded, to reproduce the numbers measured before default schedules.
+step 4, ``narrow_indices`` and step 7 and keeps the plain loop nests (TVM 0.27's CPU
+pipeline schedules nothing itself), single-threaded, to reproduce the numbers measured
+before default schedules.
 """
 
 from __future__ import annotations
