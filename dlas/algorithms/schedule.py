@@ -324,7 +324,7 @@ def inline_injective(sch: Schedule) -> None:
     chains into one kernel but legalizes each op to its own loop nest; without this, each
     writes an intermediate buffer (densenet121's 58 concat-BN-ReLU kernels ran 6 parallel
     loops each). A block that cannot be inlined (it writes the kernel's output, or a
-    a reduction reads it) keeps its own loop nest."""
+    reduction reads it) keeps its own loop nest."""
     for block in root_blocks(sch)[:-1]:
         consumers = sch.get_consumers(block)
         # Only into elementwise consumers: inlined into a reduction (padding into a pool
