@@ -8,6 +8,11 @@ starting workers, a quarter of it. Here the pool is kept for the whole tuning an
 worker is retired after ``uses`` builds instead (``maximum_process_uses``, TVM's own knob
 for that leak), so a worker's start-up is paid once per ``uses`` builds, not per round.
 Results, timeouts and errors are reported as ``LocalBuilder`` reports them.
+
+Each worker's first build imports ``tvm.s_tir.tensor_intrin`` (hundreds of TVMScript
+functions; ~26 s on this host once torch is in ``sys.modules``), so the default initializer
+is ``dlas.compiler.fast_tvmscript.install``, which makes that import take seconds: without
+it a first build can hit the 30 s timeout on a slow machine.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, LocalBuilder
 from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+from dlas.compiler.fast_tvmscript import install as install_fast_tvmscript
 
 #: builds per worker before it is replaced (each build leaks a little in the worker)
 WORKER_USES = 64
@@ -32,7 +39,7 @@ class PooledBuilder(LocalBuilder._cls):  # noqa: SLF001 - TVM's way to extend a 
         *,
         max_workers: int | None = None,
         timeout_sec: float = 30.0,
-        initializer: Callable[[], None] | None = None,
+        initializer: Callable[[], None] | None = install_fast_tvmscript,
         uses: int = WORKER_USES,
     ) -> None:
         super().__init__(max_workers=max_workers, timeout_sec=timeout_sec, initializer=initializer)
