@@ -492,16 +492,34 @@ def test_a_records_space_is_read_from_its_trace() -> None:
     assert generic and {space_of(s.trace) for s in generic} == {"generic"}
 
 
-def int8_conv_module(weight: np.ndarray, stride: int) -> tvm.IRModule:
+def int8_conv_module(
+    weight: np.ndarray,
+    stride: int,
+    groups: int = 1,
+    zero_point_pad: tuple[int, int, int, int] | None = None,
+) -> tvm.IRModule:
     """uint8 x int8 -> int32 conv with a float requantize epilogue, as the int8 route
-    (dlas.compiler.int8) emits it."""
+    (dlas.compiler.int8) emits it: padding 1 or, for an input with a non-zero zero point,
+    an explicit pad with that zero point (here 100) and a conv without padding."""
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, weight.shape[1], 9, 9), "uint8"))
+    channels = weight.shape[1] * groups
+    x = relax.Var("x", relax.TensorType((1, channels, 9, 9), "uint8"))
     with bb.function("main", [x]):
         with bb.dataflow():
+            data, padding = x, 1
+            if zero_point_pad is not None:
+                top, left, bottom, right = zero_point_pad
+                widths = [0, 0, 0, 0, top, bottom, left, right]
+                data = bb.emit(relax.op.nn.pad(x, widths, pad_value=100))
+                padding = 0
             acc = bb.emit(
                 relax.op.nn.conv2d(
-                    x, relax.const(weight), strides=stride, padding=1, out_dtype="int32"
+                    data,
+                    relax.const(weight),
+                    strides=stride,
+                    padding=padding,
+                    groups=groups,
+                    out_dtype="int32",
                 )
             )
             real = bb.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(0.01)))
@@ -510,12 +528,14 @@ def int8_conv_module(weight: np.ndarray, stride: int) -> tvm.IRModule:
     return bb.get()
 
 
-def int8_build(weight: np.ndarray, stride: int, algorithm: str, schedule: bool, target):
+def int8_build(
+    weight: np.ndarray, stride: int, algorithm: str, schedule: bool, target, **conv: object
+):
     from dlas.algorithms import legalize_convs
 
     t = relax.transform
     with target:
-        mod, records = legalize_convs(int8_conv_module(weight, stride), algorithm)
+        mod, records = legalize_convs(int8_conv_module(weight, stride, **conv), algorithm)
         mod = t.FuseTIR()(t.FuseOps()(t.AnnotateTIROpPattern()(t.LegalizeOps()(mod))))
         if schedule:
             mod = default_schedules(target)(narrow_indices()(mod))
@@ -546,6 +566,96 @@ def test_int8_spatial_pack_uses_vnni_and_is_bit_exact(stride: int) -> None:
         vm = relax.VirtualMachine(executable, tvm.cpu())
         outputs.append(vm["main"](tvm.runtime.tensor(x)).numpy())
     np.testing.assert_array_equal(outputs[1], outputs[0])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_int8_depthwise_is_channel_blocked_and_bit_exact(stride: int) -> None:
+    """The int8 route's depthwise conv on an input with a non-zero zero point: its pad
+    (asymmetric, with the zero point) is a stage of the kernel, the conv runs on blocks of
+    8 channels (24 channels: 16 does not divide them) and its integers are exactly the
+    plain loop nest's."""
+    rng = np.random.default_rng(1)
+    weight = rng.integers(-128, 128, (24, 1, 3, 3), dtype=np.int8)
+    x = rng.integers(0, 256, (1, 24, 9, 9), dtype=np.uint8)
+    target = tvm.target.Target(AVX512 if host_has("avx512f") else AVX2)
+    conv = {"groups": 24, "zero_point_pad": (0, 1, 2, 1)}
+    packed, records = int8_build(weight, stride, "direct", True, target, **conv)
+    assert records[0]["kernel"] == "conv2d_depthwise_packed"
+    plain, _ = int8_build(weight, stride, "direct", False, target, **conv)
+    outputs = []
+    for executable in (plain, packed):
+        vm = relax.VirtualMachine(executable, tvm.cpu())
+        outputs.append(vm["main"](tvm.runtime.tensor(x)).numpy())
+    assert outputs[0].shape == (1, 24, (9 + 2 - 3) // stride + 1, (9 + 2 - 3) // stride + 1)
+    np.testing.assert_array_equal(outputs[1], outputs[0])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_with_asymmetric_padding_computes_what_pytorch_does(stride: int) -> None:
+    """Paddings (top, left, bottom, right) = (0, 1, 2, 1), as a Relax conv holds them
+    after a TensorFlow-style "same" pad is folded in: the packing folds each side's own
+    width, and the blocked kernel matches PyTorch's conv of the explicitly padded map."""
+    from dlas.algorithms import legalize_convs
+
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((16, 1, 3, 3)).astype("float32")
+    x = rng.standard_normal((1, 16, 10, 9)).astype("float32")
+    bb = relax.BlockBuilder()
+    var = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [var]):
+        with bb.dataflow():
+            conv = relax.op.nn.conv2d(
+                var, relax.const(weight), strides=stride, padding=(0, 1, 2, 1), groups=16
+            )
+            out = bb.emit_output(bb.emit(relax.op.nn.relu(conv)))
+        bb.emit_func_output(out)
+    target = tvm.target.Target(AVX512 if host_has("avx512f") else AVX2)
+    t = relax.transform
+    with target:
+        mod, records = legalize_convs(bb.get(), "direct")
+        mod = t.FuseTIR()(t.FuseOps()(t.AnnotateTIROpPattern()(t.LegalizeOps()(mod))))
+        mod = default_schedules(target)(mod)
+    assert records[0]["kernel"] == "conv2d_depthwise_packed"
+    padded = nn.functional.pad(torch.tensor(x), (1, 1, 0, 2))  # left, right, top, bottom
+    expected = torch.relu(
+        nn.functional.conv2d(padded, torch.tensor(weight), stride=stride, groups=16)
+    ).numpy()
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_stage_the_anchor_cannot_fuse_is_still_scheduled() -> None:
+    """A reduction after a conv and its ReLU (a channel sum: not elementwise, so neither
+    inlined nor computed in the conv's tile) gets the generic schedule instead of running
+    as a serial loop nest after the conv; the kernel still computes what numpy does."""
+    from tvm import s_tir, te
+
+    from dlas.algorithms.common import Conv2dSpec
+    from dlas.algorithms.direct import conv2d_direct
+    from dlas.algorithms.schedule import root_blocks
+
+    spec = Conv2dSpec(8, 9, 10, 16, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    data = te.placeholder((1, 8, 9, 10), name="data")
+    weight = te.placeholder((16, 8, 3, 3), name="weight")
+    conv = conv2d_direct(data, weight, spec, "float32")
+    relu = te.compute(conv.shape, lambda *i: te.max(conv(*i), 0.0), name="relu")
+    k = te.reduce_axis((0, 16), name="k")
+    total = te.compute(
+        (1, 9, 10), lambda n, y, x: te.sum(relu[n, k, y, x], axis=k), name="channel_sum"
+    )
+    target = tvm.target.Target(AVX512)
+    sch = schedule_kernel(te.create_prim_func([data, weight, total]), target)
+    last = s_tir.Schedule(sch.mod["main"])
+    (block,) = [b for b in root_blocks(last) if last.get(b).name_hint == "channel_sum"]
+    assert last.get(last.get_loops(block)[0]).kind == tvm.tirx.ForKind.PARALLEL
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 8, 9, 10)).astype("float32")
+    w = rng.standard_normal((16, 8, 3, 3)).astype("float32")
+    out = tvm.runtime.tensor(np.zeros((1, 9, 10), "float32"))
+    tvm.compile(sch.mod, target=target)(tvm.runtime.tensor(x), tvm.runtime.tensor(w), out)
+    ref = torch.relu(torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), padding=1))
+    np.testing.assert_allclose(out.numpy(), ref.sum(1).numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_a_fresh_process_registers_every_intrinsic_a_database_may_name() -> None:
