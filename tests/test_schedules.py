@@ -288,6 +288,52 @@ def test_defaults_follow_the_targets_vector_width(algorithm: str) -> None:
     assert widths["skylake-avx512"][0]
 
 
+@pytest.mark.parametrize(("spec", "blocks"), [(AVX512, 4), (AVX2, 2)])
+def test_spatial_pack_fills_the_register_file_on_small_maps(spec: dict, blocks: int) -> None:
+    """On a 2x2 map one tile has 4 output pixels: the default tile takes several
+    output-channel blocks (4 of 16 lanes on AVX-512, 2 of 8 on AVX2), so it keeps half
+    the register file in accumulators, and still computes what PyTorch does."""
+    from tvm import s_tir
+
+    class Late(nn.Module):  # a late ResNet layer: 64 channels on a 2x2 map
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(64, 64, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.conv(x))
+
+    torch.manual_seed(0)
+    model = Late().eval()
+    x = torch.randn(1, 64, 2, 2)
+    target = tvm.target.Target(spec)
+    mod, dtype = tvm_relax.to_relax(torch.export.export(model, (x,)), x)
+    with target:
+        mod = tvm_relax._run(
+            tvm_relax.passes(tvm_relax._Algorithms(algorithm_cfg("spatial_pack")), dtype),
+            mod,
+            True,
+        )
+        scheduled = default_schedules(target)(mod)
+    (func,) = [
+        f
+        for g, f in scheduled.functions_items()
+        if isinstance(f, tvm.tirx.PrimFunc) and "spatial_pack" in g.name_hint
+    ]
+    sch = s_tir.Schedule(func)
+    update = sch.get_sblock("conv_packed_update")
+    unrolled = [
+        int(sch.get(loop).extent)
+        for loop in sch.get_loops(update)
+        if sch.get(loop).kind == tvm.tirx.ForKind.UNROLLED
+    ]
+    assert np.prod(unrolled) == blocks * 4, unrolled  # blocks x vh x vw accumulator vectors
+    if spec is AVX512 and not host_has("avx512f"):
+        return
+    expected = model(x).detach().numpy()
+    np.testing.assert_allclose(run(scheduled, x.numpy(), target), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_layouts_follow_the_targets_lanes() -> None:
     """Spatial pack's channel block and the GEMM's weight panel are one vector wide."""
     x = torch.randn(1, 3, 11, 10)

@@ -26,6 +26,12 @@ from tvm import tirx
 from tvm.s_tir import Schedule
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
+#: Bump when a default schedule or a template's knobs change: tuning databases are keyed
+#: by it (their default-schedule candidate and their sampled traces come from the
+#: templates), so a tuning made with older templates is redone, not re-applied.
+#: 2: several output-channel blocks per spatial-pack tile on small maps.
+TEMPLATE_VERSION = 2
+
 #: Anchor block name -> the schedule of the layer-4 compute that produces it. Filled where
 #: each schedule is defined (``@schedules_anchor("conv2d_direct")``), read by the compiler
 #: layer's default-schedule pass and by its MetaSchedule search space.
@@ -358,6 +364,7 @@ def is_scheduled(func: tirx.PrimFunc) -> bool:
 
 __all__ = [
     "ANCHORS",
+    "TEMPLATE_VERSION",
     "OWN_STAGES",
     "schedules_anchor",
     "Knobs",

@@ -99,8 +99,19 @@ def conv2d_spatial_pack(
 def schedule_spatial_pack(sch: Schedule, block: SBlockRV, knobs: Knobs) -> None:
     """The packed layout's own tile, TOPI x86 style: loops (n, co, h, w | rc, ry, rx |
     vh, vw, vc), vh and vw unrolled, vc one vector of packed kernel; the outer tile loops
-    run in parallel, the unpacking and epilogue follow each tile."""
-    tile_anchor(sch, block, knobs, [Tile(4, 0), Tile(5, 0), Tile(6, 0, vector=True)])
+    run in parallel, the unpacking and epilogue follow each tile.
+
+    On maps too small for a full VH x VW tile (late layers: 4x4, 2x2, 1x1), several
+    output-channel blocks share the tile, so the register file still holds
+    :meth:`Knobs.accumulators` vectors and each broadcast input value feeds several FMAs
+    (a 2x2 tile alone keeps 4 accumulators: latency-bound, and one load per FMA)."""
+    loops = sch.get_loops(block)
+    pixels = knobs.extent(loops[4]) * knobs.extent(loops[5])
+    blocks = max(1, knobs.accumulators() // pixels)
+    tiles = [Tile(4, 0), Tile(5, 0), Tile(6, 0, vector=True)]
+    if blocks > 1 or knobs.tunable:
+        tiles.insert(0, Tile(1, blocks, max_inner=max(2, blocks)))
+    tile_anchor(sch, block, knobs, tiles)
 
 
 # -- int8 with the CPU's dot-product instruction -----------------------------------------

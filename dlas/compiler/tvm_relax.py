@@ -50,6 +50,7 @@ import tvm
 from tvm import relax
 
 from dlas.algorithms import BEST
+from dlas.algorithms.schedule import TEMPLATE_VERSION
 from dlas.cache import config_hash
 from dlas.compiler import folds
 from dlas.compiler.fast_tvmscript import install as install_fast_tvmscript
@@ -300,6 +301,7 @@ def tune(
             "target": str(target),
             "ops": list(tuning.ops),
             "schedule": tuning.schedule,
+            "templates": TEMPLATE_VERSION,
             "threads": threads,
         }
     )
