@@ -29,7 +29,8 @@ from tvm.s_tir.schedule import LoopRV, SBlockRV
 #: Bump when a default schedule or a template's knobs change: tuning databases are keyed
 #: by it (their default-schedule candidate and their sampled traces come from the
 #: templates), so a tuning made with older templates is redone, not re-applied.
-#: 2: several output-channel blocks per spatial-pack tile on small maps.
+#: 2: several output-channel blocks per spatial-pack tile on small maps (never fewer
+#: parallel tiles than cores).
 TEMPLATE_VERSION = 2
 
 #: Anchor block name -> the schedule of the layer-4 compute that produces it. Filled where

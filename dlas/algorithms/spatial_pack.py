@@ -30,6 +30,7 @@ from .schedule import (
     Tile,
     fuse_epilogue,
     inline_epilogue,
+    largest_divisor,
     parallel_outer,
     schedules_anchor,
     tile_anchor,
@@ -104,10 +105,16 @@ def schedule_spatial_pack(sch: Schedule, block: SBlockRV, knobs: Knobs) -> None:
     On maps too small for a full VH x VW tile (late layers: 4x4, 2x2, 1x1), several
     output-channel blocks share the tile, so the register file still holds
     :meth:`Knobs.accumulators` vectors and each broadcast input value feeds several FMAs
-    (a 2x2 tile alone keeps 4 accumulators: latency-bound, and one load per FMA)."""
+    (a 2x2 tile alone keeps 4 accumulators: latency-bound, and one load per FMA). Never
+    so many that the parallel tile loops get fewer iterations than there are cores: an
+    idle core costs more than a half-empty register file."""
     loops = sch.get_loops(block)
     pixels = knobs.extent(loops[4]) * knobs.extent(loops[5])
-    blocks = max(1, knobs.accumulators() // pixels)
+    tiles_outer = 1
+    for loop in loops[:4]:
+        tiles_outer *= knobs.extent(loop)
+    spare = max(1, tiles_outer // knobs.cores)
+    blocks = largest_divisor(knobs.extent(loops[1]), min(knobs.accumulators() // pixels, spare))
     tiles = [Tile(4, 0), Tile(5, 0), Tile(6, 0, vector=True)]
     if blocks > 1 or knobs.tunable:
         tiles.insert(0, Tile(1, blocks, max_inner=max(2, blocks)))
