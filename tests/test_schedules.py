@@ -581,18 +581,24 @@ def int8_conv_module(
     return bb.get()
 
 
-def int8_build(
-    weight: np.ndarray, stride: int, algorithm: str, schedule: bool, target, **conv: object
-):
+def legalized_build(mod: tvm.IRModule, algorithm: str, schedule: bool, target):
+    """A hand-built Relax module through our conv legalization, TVM's lowering and
+    fusion, and (``schedule``) the default schedules: the executable and the records."""
     from dlas.algorithms import legalize_convs
 
     t = relax.transform
     with target:
-        mod, records = legalize_convs(int8_conv_module(weight, stride, **conv), algorithm)
+        mod, records = legalize_convs(mod, algorithm)
         mod = t.FuseTIR()(t.FuseOps()(t.AnnotateTIROpPattern()(t.LegalizeOps()(mod))))
         if schedule:
             mod = default_schedules(target)(narrow_indices()(mod))
     return tvm.compile(mod, target=target), records
+
+
+def int8_build(
+    weight: np.ndarray, stride: int, algorithm: str, schedule: bool, target, **conv: object
+):
+    return legalized_build(int8_conv_module(weight, stride, **conv), algorithm, schedule, target)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -657,8 +663,6 @@ def test_depthwise_with_asymmetric_padding_computes_what_pytorch_does(stride: in
     """Paddings (top, left, bottom, right) = (0, 1, 2, 1), as a Relax conv holds them
     after a TensorFlow-style "same" pad is folded in: the packing folds each side's own
     width, and the blocked kernel matches PyTorch's conv of the explicitly padded map."""
-    from dlas.algorithms import legalize_convs
-
     rng = np.random.default_rng(2)
     weight = rng.standard_normal((16, 1, 3, 3)).astype("float32")
     x = rng.standard_normal((1, 16, 10, 9)).astype("float32")
@@ -672,17 +676,13 @@ def test_depthwise_with_asymmetric_padding_computes_what_pytorch_does(stride: in
             out = bb.emit_output(bb.emit(relax.op.nn.relu(conv)))
         bb.emit_func_output(out)
     target = tvm.target.Target(AVX512 if host_has("avx512f") else AVX2)
-    t = relax.transform
-    with target:
-        mod, records = legalize_convs(bb.get(), "direct")
-        mod = t.FuseTIR()(t.FuseOps()(t.AnnotateTIROpPattern()(t.LegalizeOps()(mod))))
-        mod = default_schedules(target)(mod)
+    executable, records = legalized_build(bb.get(), "direct", True, target)
     assert records[0]["kernel"] == "conv2d_depthwise_packed"
     padded = nn.functional.pad(torch.tensor(x), (1, 1, 0, 2))  # left, right, top, bottom
     expected = torch.relu(
         nn.functional.conv2d(padded, torch.tensor(weight), stride=stride, groups=16)
     ).numpy()
-    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    vm = relax.VirtualMachine(executable, tvm.cpu())
     out = vm["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 

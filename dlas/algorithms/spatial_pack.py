@@ -18,6 +18,8 @@ unrolling.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
@@ -110,10 +112,7 @@ def schedule_spatial_pack(sch: Schedule, block: SBlockRV, knobs: Knobs) -> None:
     idle core costs more than a half-empty register file."""
     loops = sch.get_loops(block)
     pixels = knobs.extent(loops[4]) * knobs.extent(loops[5])
-    tiles_outer = 1
-    for loop in loops[:4]:
-        tiles_outer *= knobs.extent(loop)
-    spare = max(1, tiles_outer // knobs.cores)
+    spare = max(1, math.prod(knobs.extent(loop) for loop in loops[:4]) // knobs.cores)
     blocks = largest_divisor(knobs.extent(loops[1]), min(knobs.accumulators() // pixels, spare))
     tiles = [Tile(4, 0), Tile(5, 0), Tile(6, 0, vector=True)]
     if blocks > 1 or knobs.tunable:

@@ -355,7 +355,7 @@ def _tune_tasks(tasks: list, work_dir: Path, trials: int, tuning: Tuning) -> flo
     start = time.perf_counter()
     # One builder and one runner for the whole tuning, each with a worker pool that lasts
     # as long as the tuning (MetaSchedule's own builder starts a new pool every round).
-    builder = PooledBuilder(initializer=install_fast_tvmscript)
+    builder = PooledBuilder()  # its workers start with install_fast_tvmscript
     runner = ms.runner.LocalRunner(initializer=install_fast_tvmscript)
     default_ms: dict = {}
     try:
