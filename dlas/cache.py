@@ -27,7 +27,6 @@ What an entry can be trusted for, and how:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -47,15 +46,6 @@ from torch import nn
 from dlas.checksums import verify, write_manifest
 
 log = logging.getLogger("dlas.cache")
-
-# Bump when a change to training or compression code makes old entries wrong.
-# 4: checksummed entries (manifest.json), seeded model initialisation, deterministic training.
-CACHE_VERSION = 4
-
-
-def config_hash(payload: Any) -> str:
-    text = json.dumps({"v": CACHE_VERSION, "payload": payload}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass

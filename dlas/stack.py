@@ -28,13 +28,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from dlas.cache import Entry, StageCache, config_hash
+from dlas.cache import Entry, StageCache
 from dlas.compression import Compression
 from dlas.config import check_config
 from dlas.data import ImageClassificationData
 from dlas.errors import ConfigError, as_config_errors
 from dlas.hardware.cores import computing
 from dlas.hardware.threads import resolve_threads  # the affinity mask, not os.cpu_count()
+from dlas.identity import point_key, stage_key
 from dlas.metrics import count_macs, memory_footprint, structure
 from dlas.models.export import export_model, load_program
 from dlas.tracking import RunLogger, TrackedRun, flatten, provenance, setup_experiment, tracked_run
@@ -89,7 +90,7 @@ def _key_payload(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage_keys(point: Point) -> dict[str, str]:
-    train = config_hash(
+    train = stage_key(
         {
             "dataset": _key_payload(point.container("dataset")),
             "model": point.container("model"),
@@ -97,7 +98,7 @@ def stage_keys(point: Point) -> dict[str, str]:
             "seed": point.cfg.seed,
         }
     )
-    compress = config_hash({"train": train, "compression": point.container("compression")})
+    compress = stage_key({"train": train, "compression": point.container("compression")})
     return {"train": train, "compress": compress}
 
 
@@ -270,7 +271,7 @@ def point_hash(cfg: DictConfig, entry: str) -> str:
     """A point's identity: its whole resolved config (not where it is logged) and entry."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved |= {"tracking": None, "search": None, "characterize": None}  # not the point
-    return config_hash({"entry": entry, "config": resolved})
+    return point_key({"entry": entry, "config": resolved})
 
 
 def previous_result(

@@ -347,3 +347,35 @@ def test_a_damaged_entry_is_reported_set_aside_and_rebuilt(workdir, caplog, stag
     program = entry(workdir["cache"], "compress") / "model.pt2"
     assert sha256(uploaded / "model.pt2") == sha256(program)
     assert manifest(program.parent)["files"]["model.pt2"]["sha256"] == sha256(program)
+
+
+def test_each_identity_has_its_own_version_salt(monkeypatch):
+    """Bumping one salt drops one kind of stored result: models, tuning databases, or
+    finished points (and sweeps); a template change drops databases and points."""
+    import dlas.identity as identity
+    from dlas.stack import Point, point_hash, stage_keys
+    from dlas.tracking.sweep import sweep_identity
+
+    cfg = compose(*FAST)
+    point = Point(cfg, None, None, None)  # type: ignore[arg-type]  # keys read cfg only
+
+    def keys() -> dict[str, object]:
+        return {
+            "stages": stage_keys(point),
+            "tuning": identity.tuning_key({"workload": [1, 2], "threads": 2}),
+            "point": point_hash(cfg, "train"),
+            "sweep": sweep_identity("train", ["model=vgg16"]),
+        }
+
+    before = keys()
+    for salt, dropped in (
+        ("STAGE_VERSION", {"stages"}),
+        ("TUNING_VERSION", {"tuning"}),
+        ("POINT_VERSION", {"point", "sweep"}),
+        ("TEMPLATE_VERSION", {"tuning", "point", "sweep"}),
+    ):
+        with monkeypatch.context() as patch:
+            patch.setattr(identity, salt, getattr(identity, salt) + 1)
+            after = keys()
+        assert {k for k in before if after[k] != before[k]} == dropped, salt
+    assert keys() == before

@@ -288,12 +288,18 @@ def test_defaults_follow_the_targets_vector_width(algorithm: str) -> None:
     assert widths["skylake-avx512"][0]
 
 
-@pytest.mark.parametrize(("spec", "blocks"), [(AVX512, 4), (AVX2, 2)])
-def test_spatial_pack_fills_the_register_file_on_small_maps(spec: dict, blocks: int) -> None:
+@pytest.mark.parametrize(
+    ("spec", "size", "tile", "blocks"),
+    [(AVX512, 2, [2, 2], 4), (AVX2, 2, [2, 2], 2), (AVX512, 16, [1, 8], 2), (AVX2, 16, [1, 8], 1)],
+)
+def test_spatial_pack_fills_the_register_file(
+    spec: dict, size: int, tile: list[int], blocks: int
+) -> None:
     """On a 2x2 map one tile has 4 output pixels: the default tile takes several
     output-channel blocks (4 of 16 lanes on AVX-512, 2 of 8 on AVX2), so it keeps half
     the register file in accumulators, while the parallel loop keeps work for both
-    cores; it still computes what PyTorch does."""
+    cores. On a 16x16 map the tile is one 8-pixel row (not 2 rows) of 2 blocks on
+    AVX-512, 1 on AVX2. Either way it still computes what PyTorch does."""
     from tvm import s_tir
 
     class Late(nn.Module):  # a late ResNet layer: 128 channels on a 2x2 map
@@ -306,7 +312,7 @@ def test_spatial_pack_fills_the_register_file_on_small_maps(spec: dict, blocks: 
 
     torch.manual_seed(0)
     model = Late().eval()
-    x = torch.randn(1, 128, 2, 2)
+    x = torch.randn(1, 128, size, size)
     target = tvm.target.Target(spec)
     mod, dtype = tvm_relax.to_relax(torch.export.export(model, (x,)), x)
     with target:
@@ -328,7 +334,8 @@ def test_spatial_pack_fills_the_register_file_on_small_maps(spec: dict, blocks: 
         for loop in sch.get_loops(update)
         if sch.get(loop).kind == tvm.tirx.ForKind.UNROLLED
     ]
-    assert np.prod(unrolled) == blocks * 4, unrolled  # blocks x vh x vw accumulator vectors
+    assert unrolled[-2:] == tile, unrolled  # vh x vw pixels
+    assert np.prod(unrolled) == blocks * np.prod(tile), unrolled  # x blocks: accumulators
     (parallel,) = [
         loop for loop in sch.get_loops(update) if sch.get(loop).kind == tvm.tirx.ForKind.PARALLEL
     ]

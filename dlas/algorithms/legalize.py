@@ -285,10 +285,14 @@ class _Legalizer(PyExprMutator):
                 relax.const(spatial_pack.pack_kernel_vnni(weight)),
             )
         if choice.algorithm == "spatial_pack":
-            packed = spatial_pack.pack_kernel(weight, spatial_pack.tile_sizes(spec, lanes)[2])
+            packed = spatial_pack.pack_kernel(
+                weight, spatial_pack.tile_sizes(spec, lanes, not plain)[2]
+            )
             return emit(
                 "spatial_pack",
-                lambda x, k: spatial_pack.conv2d_spatial_pack(x, k, spec, out_dtype, lanes),
+                lambda x, k: spatial_pack.conv2d_spatial_pack(
+                    x, k, spec, out_dtype, lanes, not plain
+                ),
                 relax.const(packed),
             )
         if choice.algorithm == "winograd":

@@ -26,12 +26,7 @@ from tvm import tirx
 from tvm.s_tir import Schedule
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
-#: Bump when a default schedule or a template's knobs change: tuning databases are keyed
-#: by it (their default-schedule candidate and their sampled traces come from the
-#: templates), so a tuning made with older templates is redone, not re-applied.
-#: 2: several output-channel blocks per spatial-pack tile on small maps (never fewer
-#: parallel tiles than cores).
-TEMPLATE_VERSION = 2
+from dlas.identity import TEMPLATE_VERSION
 
 #: Anchor block name -> the schedule of the layer-4 compute that produces it. Filled where
 #: each schedule is defined (``@schedules_anchor("conv2d_direct")``), read by the compiler

@@ -21,12 +21,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, Subset
 
-from dlas.cache import StageCache, config_hash
+from dlas.cache import StageCache
 from dlas.characterize.analysis import NETWORK_METRICS, Characterization, characterize_model
 from dlas.characterize.config import CharacterizeConf, validate
 from dlas.characterize.figures import write_figures
 from dlas.data import ImageClassificationData
 from dlas.hardware.cores import computing
+from dlas.identity import point_key
 from dlas.report.tables import write_table
 from dlas.stack import (
     Point,
@@ -104,7 +105,7 @@ def characterization_hash(cfg: DictConfig) -> str:
     """This run's identity for resuming: the point plus the characterize knobs (the
     stack's ``point_hash`` leaves ``characterize`` out, as it is no part of a point)."""
     knobs = OmegaConf.to_container(cfg.characterize, resolve=True)
-    return config_hash({"point": point_hash(cfg, ENTRY), "characterize": knobs})
+    return point_key({"point": point_hash(cfg, ENTRY), "characterize": knobs})
 
 
 def characterize_point(cfg: DictConfig) -> dict[str, float]:

@@ -50,11 +50,10 @@ import tvm
 from tvm import relax
 
 from dlas.algorithms import BEST
-from dlas.algorithms.schedule import TEMPLATE_VERSION
-from dlas.cache import config_hash
 from dlas.compiler import folds
 from dlas.compiler.fast_tvmscript import install as install_fast_tvmscript
 from dlas.hardware import Device
+from dlas.identity import tuning_key
 
 log = logging.getLogger("dlas.compiler")
 
@@ -295,13 +294,12 @@ def tune(
 
     threads = resolve_threads(threads)
 
-    key = config_hash(
+    key = tuning_key(
         {
             "workload": workload_hash(mods),
             "target": str(target),
             "ops": list(tuning.ops),
             "schedule": tuning.schedule,
-            "templates": TEMPLATE_VERSION,
             "threads": threads,
         }
     )

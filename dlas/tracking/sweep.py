@@ -31,7 +31,7 @@ from hydra.experimental.callback import Callback
 from mlflow.entities import Run
 from omegaconf import DictConfig
 
-from dlas.cache import config_hash
+from dlas.identity import point_key
 from dlas.tracking.provenance import preference
 
 log = logging.getLogger("dlas.tracking")
@@ -59,7 +59,7 @@ class Sweep:
 
 
 def sweep_identity(entry: str, overrides: list[str]) -> str:
-    return config_hash({"entry": entry, "overrides": sorted(overrides)})[:12]
+    return point_key({"entry": entry, "overrides": sorted(overrides)})[:12]
 
 
 class SweepCallback(Callback):
