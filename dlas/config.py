@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dlas.algorithms import ALGORITHMS
+from dlas.compiler.tvm_compilers import SCHEDULES, TUNED_OPS
 from dlas.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -164,17 +165,18 @@ class AlgorithmConf:
 
 @dataclass
 class CompilerConf:
+    _target_: str = "dlas.compiler.get_compiler"
     name: str = MISSING
     # TVM only: default = each kernel's default schedule (dlas.algorithms; DLAS's "untuned"),
     # none = TVM's plain loop nests (what dlas measured as untuned before schedules existed)
-    schedule: str = one_of("default", ("default", "none"))
+    schedule: str = one_of("default", SCHEDULES)
     trials: int = ranged(0, ge=0)  # MetaSchedule trials in total; 0: tasks x per task
     trials_per_task: int = ranged(0, ge=0)  # 0: no per-task cap
     # candidates the evolutionary search keeps per round; 0: from the per-task budget
     # (4 x the trials of a round, 64..512; MetaSchedule's own default is 512). Only with
     # schedule=default: schedule=none tunes with MetaSchedule's own settings throughout
     population: int = ranged(0, ge=0)
-    tune_ops: list[str] = field(default_factory=lambda: ["conv2d", "matmul", "dense"])
+    tune_ops: list[str] = field(default_factory=lambda: list(TUNED_OPS))
     work_dir: str = "${cache_dir}/tuning"  # databases by workload, target, schedule, threads
 
 

@@ -39,11 +39,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
-from dlas.compiler import TVM_COMPILERS, check_compiler, check_schedule
+from dlas.compiler import (
+    COMPILERS,
+    Compiled,
+    Compiler,
+    Inputs,
+    best_algorithm_error,
+    compiler_class,
+    get_compiler,
+)
 from dlas.compiler.baselines import open_baseline
-from dlas.compiler.measure import Latency, Worker, open_tvm
+from dlas.compiler.measure import Worker
 from dlas.compiler.noise import NoisePolicy
 from dlas.compiler.rounds import Timing, time_paired
 from dlas.hardware import Device, get_device
@@ -57,35 +66,46 @@ class VerificationError(RuntimeError):
     """The compiled model disagrees with PyTorch beyond tolerance."""
 
 
+def compilers_of(cfg: Any) -> dict[str, Compiler]:
+    """``compiler=`` and every ``measure.compare`` compiler, main first, each built from
+    the point's compiler options (its constructor checks the values it takes)."""
+    main = cfg.compiler
+    options = {k: v for k, v in main.items() if k not in ("_target_", "name")}
+    compilers = {main.name: instantiate(main)}
+    for other in dict.fromkeys(cfg.measure.compare):
+        if other in compilers:
+            continue
+        if compiler_class(other).tunes:
+            raise ValueError(
+                f"measure.compare=[{other}] needs its tuning budget: make it the main "
+                f"compiler (compiler={other} measure.compare=[{main.name}])"
+            )
+        compilers[other] = get_compiler(other, **options)
+    return compilers
+
+
 def check_layers(cfg: Any) -> Device:
-    """Validate layers 4-6 before any work: algorithm/format pair, compilers, hardware."""
+    """Validate layers 4-6 before any work: each layer's own values (the algorithm/format
+    pair, the compilers' options, the hardware reachable), then the rules across them,
+    all here."""
     from dlas.algorithms import BEST, check_combination
 
+    compilers = compilers_of(cfg)
     main = cfg.compiler.name
-    check_compiler(main)
-    check_schedule(cfg.compiler.schedule)
-    for other in cfg.measure.compare:
-        check_compiler(other)
-        if other == "tvm_autoschedule" and main != other:
-            raise ValueError(
-                "measure.compare=[tvm_autoschedule] needs its tuning budget: make it the main "
-                f"compiler (compiler=tvm_autoschedule measure.compare=[{main}])"
-            )
     a = cfg.algorithm
     check_combination(a.name, a.data_format, a.fallback, a.candidates)
-    if a.name == BEST and (main != "tvm_autoschedule" or "tvm_untuned" in cfg.measure.compare):
-        raise ValueError(
-            "algorithm=best chooses each layer's algorithm by its tuned time: it needs "
-            f"compiler=tvm_autoschedule and no tvm_untuned to compare (got compiler={main}, "
-            f"measure.compare={list(cfg.measure.compare)})"
-        )
+    if a.name == BEST:
+        reason = best_algorithm_error(main, list(cfg.measure.compare))
+        if reason is not None:
+            raise ValueError(reason)
     check_measure(cfg.measure)
     h = cfg.hardware
-    for name in (main, *cfg.measure.compare):
-        if name not in TVM_COMPILERS and h.name != "cpu":
+    for name, compiler in compilers.items():
+        if compiler.hardware is not None and h.name not in compiler.hardware:
+            anywhere = [n for n in COMPILERS.names() if compiler_class(n).hardware is None]
             raise ValueError(
-                f"compiler={name} runs on hardware=cpu only, not hardware={h.name}; "
-                f"compilers for any hardware: {', '.join(TVM_COMPILERS)}"
+                f"compiler={name} runs on hardware={' or '.join(compiler.hardware)} only, not "
+                f"hardware={h.name}; compilers for any hardware: {', '.join(anywhere)}"
             )
     return get_device(
         h.name,
@@ -136,108 +156,6 @@ class Deployment:
     artifact: Path
     tags: dict[str, str] = field(default_factory=dict)  # dlas.noisy when the timing was
     timing: dict[str, Any] = field(default_factory=dict)  # latencies.json: the raw samples
-
-
-@dataclass
-class Compiled:
-    """One compiler's result on the verification images, the worker that keeps it loaded
-    for the timing rounds, and (once timed) its latency."""
-
-    outputs: np.ndarray
-    latency: Latency | None
-    compile_s: float
-    tune_s: float
-    trials: int
-    layers: list[dict[str, Any]]
-    artifact: Path
-    worker: Worker | None = None
-    #: tvm_autoschedule: the whole model timed tuned and untuned, and which was kept
-    end_to_end: dict[str, Any] | None = None
-
-
-@dataclass
-class Inputs:
-    """What every compiler of a point is given: the same images and batch."""
-
-    program: torch.export.ExportedProgram
-    program_path: Path
-    static_path: Path  # the program re-exported at the measured batch size
-    x: np.ndarray  # verification images
-    example: np.ndarray  # one timed batch
-    timeout_s: float
-
-
-def _chunks(x: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Static-shape batches; the last one padded by repeating its first image."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        chunk = x[i : i + batch_size]
-        if len(chunk) < batch_size:
-            chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - len(chunk), 0)])
-        out.append(chunk)
-    return out
-
-
-def compile_and_open(
-    name: str,
-    cfg: Any,
-    device: Device,
-    inputs: Inputs,
-    out_dir: Path,
-    tuning_root: Path,
-    cores: Sequence[int],
-) -> Compiled:
-    """Compile with ``name``, then load it in a worker pinned to ``cores``, which returns
-    its outputs on the verification images and stays up for the timing rounds (the caller
-    closes ``worker``)."""
-    from dlas.compiler import tvm_relax
-
-    worker = Worker(f"verify and time {name}", timeout=inputs.timeout_s, cores=cores)
-    if name not in TVM_COMPILERS:
-        with exclusive():
-            outputs = worker.start(
-                open_baseline,
-                name,
-                inputs.program_path,
-                inputs.static_path,
-                inputs.x,
-                inputs.example,
-                threads=device.threads,
-            )
-        layers = [{"layer": "all", "algorithm": f"{name} kernels", "format": "dense"}]
-        # torch.compile / ONNX export + session: their compile step
-        return Compiled(outputs, None, worker.setup_s, 0.0, 0, layers, inputs.static_path, worker)
-    tuning = None
-    if name == "tvm_autoschedule":
-        c = cfg.compiler
-        tuning = tvm_relax.Tuning(
-            c.trials, c.trials_per_task, tuning_root, tuple(c.tune_ops), population=c.population
-        )
-    example = torch.from_numpy(inputs.example)
-    built = tvm_relax.build(
-        inputs.program, example, device, cfg.algorithm, out_dir, tuning, cfg.compiler.schedule
-    )
-    # Relax modules take float32 whatever they compute in (fp16 and int8 cast inside).
-    with exclusive():
-        outputs = worker.start(
-            open_tvm,
-            str(built.library),
-            _chunks(inputs.x.astype(np.float32), cfg.measure.batch_size),
-            inputs.example.astype(np.float32),
-            device,
-        )
-    outputs = np.concatenate(outputs)[: len(inputs.x)]
-    return Compiled(
-        outputs,
-        None,
-        built.compile_s,
-        built.tune_s,
-        built.info["tuning_trials"],
-        built.layers,
-        built.library,
-        worker,
-        built.info.get("end_to_end"),
-    )
 
 
 def open_reference(inputs: Inputs, device: Device, cores: Sequence[int]) -> Worker:
@@ -344,7 +262,8 @@ def deploy(
         ref = reference(x).float().numpy()
     labels = y.numpy()
 
-    names = [name, *(c for c in dict.fromkeys(m.compare) if c != name)]
+    compilers = compilers_of(cfg)
+    names = list(compilers)
     cores = timing_cores(device.threads)
     results: dict[str, Compiled] = {}
     checks: dict[str, dict[str, float]] = {}
@@ -352,8 +271,8 @@ def deploy(
         for i, compiler in enumerate(names):
             if len(names) > 1:
                 log.info("compiler %d/%d: %s", i + 1, len(names), compiler)
-            results[compiler] = compiled = compile_and_open(
-                compiler, cfg, device, inputs, out_dir / compiler, tuning_root, cores
+            results[compiler] = compiled = compilers[compiler].compile_and_open(
+                cfg, device, inputs, out_dir / compiler, tuning_root, cores
             )
             assert compiled.worker is not None
             workers.callback(compiled.worker.close)

@@ -113,7 +113,7 @@ def test_deploy_needs_a_trained_model(workdir):
         ("algorithm=best", "needs compiler=tvm_autoschedule"),
         (
             "algorithm=best compiler=tvm_autoschedule measure.compare=[tvm_untuned]",
-            "no tvm_untuned to compare",
+            "untuned in measure.compare (here: tvm_untuned)",
         ),
         ("algorithm=best algorithm.candidates=[direct,fft]", "'best': candidates"),
     ],
@@ -240,3 +240,92 @@ def test_outputs_over_tolerance_or_not_finite_fail_verification():
     for bad in (ref + 1e-2, ref * np.nan):
         with pytest.raises(VerificationError, match="compiler=tvm_untuned algorithm=direct"):
             verify("tvm_untuned", cfg, compiled(bad), ref, labels, "float32")
+
+
+# A compiler from outside dlas: one module and one YAML file, nothing else touched.
+PLUGIN_MODULE = '''
+"""PyTorch eager on channels-last tensors: a layer-5 option dlas does not ship."""
+import time
+
+from dlas.compiler.base import Compiled, Compiler, register_compiler
+from dlas.compiler.measure import Loaded, Worker, sample_callable
+from dlas.hardware.cores import exclusive
+from dlas.hardware.threads import set_threads
+
+
+def _channels_last(path, x):
+    import torch
+
+    from dlas.compiler.baselines import load_module
+
+    module = load_module(path).to(memory_format=torch.channels_last)
+    tensor = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+    return lambda: module(tensor)
+
+
+def _open(program_path, static_path, inputs, example, threads):
+    import torch
+
+    resolved, started = set_threads(threads), time.perf_counter()
+    with torch.inference_mode():
+        outputs = _channels_last(program_path, inputs)().numpy()
+        run = _channels_last(static_path, example)
+        run()
+
+    def timer(warmup, repeat, number):
+        with torch.inference_mode():
+            return sample_callable(run, warmup=warmup, repeat=repeat, number=number)
+
+    return Loaded(outputs, timer, time.perf_counter() - started, resolved)
+
+
+@register_compiler("channels_last")
+class ChannelsLast(Compiler):
+    def compile_and_open(self, cfg, device, inputs, out_dir, tuning_root, cores):
+        worker = Worker("verify and time channels_last", timeout=inputs.timeout_s, cores=cores)
+        with exclusive():
+            outputs = worker.start(
+                _open, inputs.program_path, inputs.static_path, inputs.x, inputs.example,
+                device.threads,
+            )
+        layers = [{"layer": "all", "algorithm": "channels_last kernels", "format": "dense"}]
+        return Compiled(outputs, None, worker.setup_s, 0.0, 0, layers, inputs.static_path, worker)
+'''
+
+PLUGIN_YAML = """\
+defaults:
+  - /schema/compiler/base@_here_
+  - _self_
+_target_: dlas_channels_last.ChannelsLast
+name: channels_last
+"""
+
+
+def test_a_new_compiler_is_one_module_and_one_yaml(workdir, tmp_path):
+    (tmp_path / "dlas_channels_last.py").write_text(PLUGIN_MODULE)
+    (tmp_path / "conf" / "compiler").mkdir(parents=True)
+    (tmp_path / "conf" / "compiler" / "channels_last.yaml").write_text(PLUGIN_YAML)
+    result = run_entry(
+        "train.py",
+        *overrides(workdir, *TINY, "compiler=channels_last"),
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        env={"PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = runs(workdir["uri"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["compiler"] == "channels_last"
+    assert set(run.data.metrics) >= LATENCY
+    assert run.data.metrics["max_abs_err_vs_torch"] < 1e-3  # verified like every compiler
+    assert layers_of(run) == [
+        {"layer": "all", "algorithm": "channels_last kernels", "format": "dense"}
+    ]
+    # and a point it cannot run on fails before a run opens, as the built-in ones do
+    bad = run_entry(
+        "train.py",
+        *overrides(workdir, *TINY, "compiler=channels_last", "hardware=rpc"),
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        env={"PYTHONPATH": str(tmp_path)},
+    )
+    assert bad.returncode != 0 and "compiler=channels_last runs on hardware=cpu only" in bad.stderr
+    assert len(runs(workdir["uri"])) == 1

@@ -193,8 +193,12 @@ def test_torch_compile_is_timed_after_compiling(program) -> None:
 
 
 def test_unknown_baseline_names_the_choices(program) -> None:
-    with pytest.raises(ValueError, match="pytorch, torch_compile, onnxruntime"):
+    with pytest.raises(
+        ValueError, match="'tensorrt'; valid choices: onnxruntime, pytorch, torch_co"
+    ):
         run_baseline("tensorrt", program[0], program[1])
+    with pytest.raises(ValueError, match="'tvm_untuned'; valid choices: onnxruntime, pytorch, t"):
+        run_baseline("tvm_untuned", program[0], program[1])  # a compiler, not a baseline
     with pytest.raises(ValueError, match="eager, compile"):
         time_pytorch(program[0], program[1], mode="jit")
 

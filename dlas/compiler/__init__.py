@@ -1,39 +1,40 @@
 """Layer 5 of the stack: systems software.
 
-``tvm_untuned`` and ``tvm_autoschedule`` compile through TVM Relax (``tvm_relax``; the
-int8 route is ``int8``); ``pytorch``, ``torch_compile`` and ``onnxruntime`` are the
+One interface (:class:`~dlas.compiler.base.Compiler`) and one registry: ``tvm_untuned``
+and ``tvm_autoschedule`` compile through TVM Relax (``tvm_compilers``, ``tvm_relax``;
+the int8 route is ``int8``); ``pytorch``, ``torch_compile`` and ``onnxruntime`` are the
 frameworks a user would otherwise deploy with (``baselines``). ``measure`` holds the
-timing protocol all of them share.
+timing protocol all of them share. ``get_compiler(name, **options)`` is the door that
+``conf/compiler``'s ``_target_`` names.
 """
 
 from __future__ import annotations
 
-from dlas.compiler.baselines import BASELINES
-
-TVM_COMPILERS = ("tvm_untuned", "tvm_autoschedule")
-COMPILERS = TVM_COMPILERS + BASELINES
-#: ``compiler.schedule`` (TVM): ``default`` = each kernel's default schedule (DLAS's
-#: "untuned"); ``none`` = TVM's plain loop nests (dlas's "untuned" before schedules).
-SCHEDULES = ("default", "none")
-
-
-def check_compiler(name: str) -> None:
-    if name not in COMPILERS:
-        raise ValueError(f"unknown compiler {name!r}; valid choices: {', '.join(COMPILERS)}")
-
-
-def check_schedule(name: str) -> None:
-    if name not in SCHEDULES:
-        raise ValueError(
-            f"unknown compiler.schedule {name!r}; valid choices: {', '.join(SCHEDULES)}"
-        )
-
+from dlas.compiler import baselines, tvm_compilers  # noqa: F401  (they register themselves)
+from dlas.compiler.base import (
+    COMPILERS,
+    Compiled,
+    Compiler,
+    Inputs,
+    best_algorithm_error,
+    compiler_class,
+    get_compiler,
+    register_compiler,
+    uses_algorithms,
+)
+from dlas.compiler.tvm_compilers import SCHEDULES, TUNED_OPS, check_schedule
 
 __all__ = [
-    "BASELINES",
     "COMPILERS",
     "SCHEDULES",
-    "TVM_COMPILERS",
-    "check_compiler",
+    "TUNED_OPS",
+    "Compiled",
+    "Compiler",
+    "Inputs",
+    "best_algorithm_error",
     "check_schedule",
+    "compiler_class",
+    "get_compiler",
+    "register_compiler",
+    "uses_algorithms",
 ]

@@ -18,23 +18,22 @@ import functools
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from dlas.compiler.measure import Latency, Loaded, sample_callable, time_callable
+from dlas.compiler.base import COMPILERS, Compiled, Compiler, Inputs, register_compiler
+from dlas.compiler.measure import Latency, Loaded, Worker, sample_callable, time_callable
+from dlas.hardware.cores import exclusive
 from dlas.hardware.threads import set_threads
 
-BASELINES = ("pytorch", "torch_compile", "onnxruntime")
+if TYPE_CHECKING:
+    from dlas.hardware import Device
+
 TORCH_MODES = ("eager", "compile")
-
-
-def _check_kind(kind: str) -> str:
-    if kind not in BASELINES:
-        raise ValueError(f"unknown baseline {kind!r}; valid choices: {', '.join(BASELINES)}")
-    return kind
 
 
 def load_module(program_path: str | os.PathLike) -> Any:
@@ -191,6 +190,122 @@ def time_onnxruntime(
     return dataclasses.replace(latency, setup_s=time.perf_counter() - started - _timed_s(latency))
 
 
+class Framework(Compiler):
+    """A framework that runs its own kernels on this host's CPU, from the point's saved
+    program: it is loaded (and, for torch.compile and onnxruntime, compiled) inside the
+    worker, so its ``compile_s`` is the worker's setup time."""
+
+    hardware = ("cpu",)
+
+    @abstractmethod
+    def run(self, program_path: str, x: np.ndarray, threads: int) -> np.ndarray:
+        """The program's one output on ``x``."""
+
+    @abstractmethod
+    def time(
+        self, program_path: str, x: np.ndarray, threads: int, warmup: int, repeat: int, number: int
+    ) -> Latency:
+        """The shared protocol's latency, in this process."""
+
+    @abstractmethod
+    def timer(
+        self, static_path: str, example: np.ndarray, threads: int, workdir: str
+    ) -> Callable[[int, int, int], list[float]]:
+        """``(warmup, repeat, number) -> samples`` of the loaded static program."""
+
+    def compile_and_open(
+        self,
+        cfg: Any,
+        device: Device,
+        inputs: Inputs,
+        out_dir: Path,
+        tuning_root: Path,
+        cores: Sequence[int],
+    ) -> Compiled:
+        worker = Worker(f"verify and time {self.name}", timeout=inputs.timeout_s, cores=cores)
+        with exclusive():
+            outputs = worker.start(
+                open_baseline,
+                self.name,
+                inputs.program_path,
+                inputs.static_path,
+                inputs.x,
+                inputs.example,
+                threads=device.threads,
+            )
+        layers = [{"layer": "all", "algorithm": f"{self.name} kernels", "format": "dense"}]
+        return Compiled(outputs, None, worker.setup_s, 0.0, 0, layers, inputs.static_path, worker)
+
+
+@register_compiler("pytorch")
+class PyTorch(Framework):
+    """PyTorch eager, the native framework (and the reference of every speedup)."""
+
+    mode: ClassVar[str] = "eager"
+
+    def run(self, program_path: str, x: np.ndarray, threads: int) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            output = _torch_runner(program_path, x, self.mode)()
+        return _single_output(output, f"{program_path} in pytorch {self.mode}")
+
+    def time(
+        self, program_path: str, x: np.ndarray, threads: int, warmup: int, repeat: int, number: int
+    ) -> Latency:
+        protocol = {"threads": threads, "warmup": warmup, "repeat": repeat, "number": number}
+        return time_pytorch(program_path, x, mode=self.mode, **protocol)
+
+    def timer(
+        self, static_path: str, example: np.ndarray, threads: int, workdir: str
+    ) -> Callable[[int, int, int], list[float]]:
+        return functools.partial(_torch_samples, _torch_runner(static_path, example, self.mode))
+
+
+@register_compiler("torch_compile")
+class TorchCompile(PyTorch):
+    """``torch.compile`` (TorchInductor) of the same program."""
+
+    mode = "compile"
+
+
+@register_compiler("onnxruntime")
+class OnnxRuntime(Framework):
+    """The program exported to ONNX, run by onnxruntime's CPU execution provider."""
+
+    def run(self, program_path: str, x: np.ndarray, threads: int) -> np.ndarray:
+        with tempfile.TemporaryDirectory(prefix="dlas-onnx-") as workdir:
+            outputs = _ort_runner(program_path, x, threads, None, workdir)()
+        return _single_output(list(outputs), f"{program_path} in onnxruntime")
+
+    def time(
+        self, program_path: str, x: np.ndarray, threads: int, warmup: int, repeat: int, number: int
+    ) -> Latency:
+        protocol = {"threads": threads, "warmup": warmup, "repeat": repeat, "number": number}
+        return time_onnxruntime(program_path, x, **protocol)
+
+    def timer(
+        self, static_path: str, example: np.ndarray, threads: int, workdir: str
+    ) -> Callable[[int, int, int], list[float]]:
+        runner = _ort_runner(static_path, example, threads, None, workdir)
+        return functools.partial(_plain_samples, runner)
+
+
+#: the registered frameworks (plugins' included once their module is imported)
+def baselines() -> tuple[str, ...]:
+    return tuple(n for n in COMPILERS.names() if issubclass(COMPILERS.get(n), Framework))
+
+
+BASELINES = baselines()  # this module's: pytorch, torch_compile, onnxruntime
+
+
+def framework(kind: str) -> Framework:
+    """The framework baseline ``kind``; anything else is an error naming the baselines."""
+    if kind not in baselines():
+        raise ValueError(f"unknown baseline {kind!r}; valid choices: {', '.join(baselines())}")
+    return COMPILERS.get(kind)()
+
+
 def time_baseline(
     kind: str,
     program_path: str | os.PathLike,
@@ -201,12 +316,8 @@ def time_baseline(
     repeat: int = 10,
     number: int = 5,
 ) -> Latency:
-    """Time one baseline by name (``pytorch``, ``torch_compile`` or ``onnxruntime``)."""
-    protocol = {"threads": threads, "warmup": warmup, "repeat": repeat, "number": number}
-    if _check_kind(kind) == "onnxruntime":
-        return time_onnxruntime(program_path, input, **protocol)
-    mode = "compile" if kind == "torch_compile" else "eager"
-    return time_pytorch(program_path, input, mode=mode, **protocol)
+    """Time one baseline by name (``pytorch``, ``torch_compile``, ``onnxruntime``, ...)."""
+    return framework(kind).time(str(program_path), input, threads, warmup, repeat, number)
 
 
 def run_baseline(
@@ -214,17 +325,8 @@ def run_baseline(
 ) -> np.ndarray:
     """The program's output on ``input`` under one baseline, to verify every other
     framework against ``run_baseline("pytorch", ...)``."""
-    resolved = set_threads(threads)
-    if _check_kind(kind) == "onnxruntime":
-        with tempfile.TemporaryDirectory(prefix="dlas-onnx-") as workdir:
-            outputs = _ort_runner(str(program_path), input, resolved, None, workdir)()
-        return _single_output(list(outputs), f"{program_path} in onnxruntime")
-    import torch
-
-    mode = "compile" if kind == "torch_compile" else "eager"
-    with torch.inference_mode():
-        output = _torch_runner(str(program_path), input, mode)()
-    return _single_output(output, f"{program_path} in pytorch {mode}")
+    chosen = framework(kind)
+    return chosen.run(str(program_path), input, set_threads(threads))
 
 
 def verify_and_time_baseline(
@@ -273,18 +375,13 @@ def open_baseline(
     verified against itself), then the static deployment program on ``example`` loaded
     and run once untimed (torch.compile compiles, onnxruntime exports and builds its
     session: ``setup_s``), and kept for the timing rounds."""
+    chosen = framework(kind)
     outputs = None
     if inputs is not None:
         outputs = run_baseline(kind, program_path, inputs, threads=threads)
     started = time.perf_counter()
     resolved = set_threads(threads)
     workdir = tempfile.TemporaryDirectory(prefix="dlas-onnx-")
-    if _check_kind(kind) == "onnxruntime":
-        runner = _ort_runner(str(static_path), example, resolved, None, workdir.name)
-        timer = functools.partial(_plain_samples, runner)
-    else:
-        mode = "compile" if kind == "torch_compile" else "eager"
-        runner = _torch_runner(str(static_path), example, mode)
-        timer = functools.partial(_torch_samples, runner)
+    timer = chosen.timer(str(static_path), example, resolved, workdir.name)
     timer(1, 0, 1)  # the first, untimed run
     return Loaded(outputs, timer, time.perf_counter() - started, resolved, workdir.cleanup)

@@ -52,17 +52,11 @@ from tvm import relax
 from dlas.algorithms import BEST
 from dlas.compiler import folds
 from dlas.compiler.fast_tvmscript import install as install_fast_tvmscript
+from dlas.compiler.tvm_compilers import TUNED_OPS
 from dlas.hardware import Device
 from dlas.identity import tuning_key
 
 log = logging.getLogger("dlas.compiler")
-
-
-#: Tasks whose name holds one of these are tuned: the convolutions (every layer-4 compute
-#: is named ``conv2d_<algorithm>``), linear layers (``matmul``, sparse ``dense_<format>``).
-#: The rest (adds, pooling, concatenation, reshapes) are memory-bound loop nests where a
-#: search round costs seconds and saves microseconds; they stay as their plain loop nests.
-TUNED_OPS = ("conv2d", "matmul", "dense")
 
 
 @dataclass

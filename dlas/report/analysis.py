@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from dlas.compiler import uses_algorithms
+
 NOT_APPLICABLE = "n/a"
 TVM_UNTUNED = "tvm_untuned"
 TVM_AUTOSCHEDULE = "tvm_autoschedule"
@@ -39,15 +41,9 @@ CORRELATIONS: dict[str, tuple[str, str, bool]] = {
 }
 
 
-def is_tvm(compiler: Any) -> bool:
-    """Only TVM compiles with our conv algorithms and sparse formats; every other compiler
-    ignores the ``algorithm``/``data_format`` params its runs still carry."""
-    return isinstance(compiler, str) and compiler.startswith("tvm")
-
-
 def algorithm_label(algorithm: Any, data_format: Any, compiler: Any) -> str:
     """``gemm``, ``gemm+csr``... for TVM points; ``n/a`` where the algorithm is meaningless."""
-    if not is_tvm(compiler):
+    if not uses_algorithms(compiler):
         return NOT_APPLICABLE
     label = str(algorithm) if isinstance(algorithm, str) and algorithm else "?"
     if isinstance(data_format, str) and data_format not in ("", "dense"):

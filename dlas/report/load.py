@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
+from dlas.compiler import uses_algorithms
 from dlas.report.analysis import (
     NOT_APPLICABLE,
     algorithm_label,
-    is_tvm,
     sort_points,
     top1_as_percent,
 )
@@ -174,7 +174,7 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
     for tag in PROVENANCE_TAGS:
         points[tag] = _column(runs, f"tags.{tag}")
     points["top1"] = top1_as_percent(points["top1"])
-    tvm = points["compiler"].map(is_tvm)
+    tvm = points["compiler"].map(uses_algorithms)
     points["label"] = [
         algorithm_label(a, f, c)
         for a, f, c in zip(

@@ -27,7 +27,7 @@ from typing import Any
 import optuna
 
 from dlas.algorithms import BEST, CHOICES
-from dlas.compiler import COMPILERS, TVM_COMPILERS
+from dlas.compiler import COMPILERS, best_algorithm_error, compiler_class
 
 SPARSE_FORMATS = ("csr", "bsr")
 FLOAT_ONLY_ALGORITHMS = ("winograd",)
@@ -51,7 +51,7 @@ def check_space(space: Any) -> None:
     unknown("amount", list(space.amount), COMPRESSIONS.names())
     unknown("algorithm", space.algorithm, CHOICES)
     unknown("sparse_formats", space.sparse_formats, SPARSE_FORMATS)
-    unknown("compiler", space.compiler, COMPILERS)
+    unknown("compiler", space.compiler, COMPILERS.names())
     for kind, bounds in space.amount.items():
         if bounds is not None and not (len(bounds) == 2 and 0 <= bounds[0] <= bounds[1] < 1):
             raise ValueError(
@@ -72,9 +72,9 @@ def suggest_point(trial: optuna.Trial, space: Any) -> list[str]:
 
     compiler = trial.suggest_categorical("compiler", list(space.compiler))
     overrides.append(f"compiler={compiler}")
-    if compiler in TVM_COMPILERS:
+    if compiler_class(compiler).uses_algorithms:
         overrides += _suggest_algorithm(trial, space, compression, compiler)
-    if compiler == "tvm_autoschedule":
+    if compiler_class(compiler).tunes:
         low, high = space.trials_per_task
         per_task = trial.suggest_int("trials_per_task", low, high)
         overrides += ["compiler.trials=0", f"compiler.trials_per_task={per_task}"]
@@ -101,7 +101,7 @@ def _suggest_algorithm(
     if compression in INT8_COMPRESSIONS:
         choices = [a for a in choices if a not in FLOAT_ONLY_ALGORITHMS] or ["direct"]
         name += "_int8"
-    if compiler != "tvm_autoschedule" and BEST in choices:
+    if best_algorithm_error(compiler, []) is not None and BEST in choices:
         choices = [a for a in choices if a != BEST] or ["direct"]
         name += "_untuned"
     return [f"algorithm={trial.suggest_categorical(name, choices)}"]
