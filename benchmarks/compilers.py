@@ -31,13 +31,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from results import load_rows, save_rows, write_section  # benchmarks/ is on sys.path
 from timing import time_baseline, time_tvm
 
-from dlas.algorithms import BEST, CHOICES
+from dlas.algorithms import BEST, CHOICES, Algorithm
 from dlas.compiler import tvm_relax
-from dlas.config import AlgorithmConf
 from dlas.deployment import VerificationError, disagreement
 from dlas.hardware import get_device, host_cpu
 from dlas.hardware.cores import computing
@@ -47,7 +45,7 @@ from dlas.models import ZOO, get_model
 def dense(algorithm: str) -> Any:
     """Layer 4's config for one algorithm: the schema's defaults (dense weights, fallback
     direct, every algorithm a candidate of ``best``)."""
-    return OmegaConf.structured(AlgorithmConf(name=algorithm))
+    return Algorithm(algorithm)
 
 
 def zoo_model(name: str, stem: str) -> torch.nn.Module:

@@ -37,14 +37,12 @@ from typing import Any
 import numpy as np
 import torch
 from compilers import zoo_model  # benchmarks/ is this script's directory
-from omegaconf import OmegaConf
 from peak import peak_gflops
 from results import cpu_model, load_rows, save_rows, write_section
 from timing import time_baseline, time_tvm
 
-from dlas.algorithms import ALGORITHMS, DATA_FORMATS
+from dlas.algorithms import ALGORITHMS, DATA_FORMATS, Algorithm
 from dlas.compiler import tvm_relax
-from dlas.config import AlgorithmConf
 from dlas.deployment import VerificationError, disagreement
 from dlas.hardware import get_device
 from dlas.hardware.cores import computing
@@ -105,7 +103,7 @@ def time_row(name: str, compression: str, algorithm: str, data_format: str, args
     kinds = ("pytorch", "onnxruntime") if dtype == "float32" else ("pytorch",)
     for kind in kinds:
         timers[kind] = lambda k=kind: time_baseline(k, path, x.numpy(), device, protocol, k)
-    cfg = OmegaConf.structured(AlgorithmConf(name=algorithm, data_format=data_format))
+    cfg = Algorithm(algorithm, data_format)
     for schedule in ("none", "default"):
         built = tvm_relax.build(
             program, x, device, cfg, work / f"{algorithm}-{schedule}", None, schedule

@@ -21,13 +21,11 @@ import tempfile
 from pathlib import Path
 
 from compilers import zoo_point  # benchmarks/ is this script's directory
-from omegaconf import OmegaConf
 from results import cpu_model, load_rows, save_rows, write_section
 from timing import time_baseline, time_tvm
 
-from dlas.algorithms import ALGORITHMS
+from dlas.algorithms import ALGORITHMS, Algorithm
 from dlas.compiler import tvm_relax
-from dlas.config import AlgorithmConf
 from dlas.deployment import VerificationError, disagreement
 from dlas.hardware import get_device
 from dlas.hardware.cores import computing
@@ -46,7 +44,7 @@ def time_point(name: str, stem: str, algorithms: list[str], args, work: Path) ->
                 program,
                 x,
                 device,
-                OmegaConf.structured(AlgorithmConf(name=algorithm)),
+                Algorithm(algorithm),
                 work / f"{name}-{algorithm}-{schedule}",
                 None,
                 schedule,

@@ -154,6 +154,7 @@ class QuantConf(CompressionConf):
 
 @dataclass
 class AlgorithmConf:
+    _target_: str = "dlas.algorithms.get_algorithm"
     name: str = MISSING
     data_format: str = "dense"
     sparsity_threshold: float = ranged(0.0, ge=0, le=1)
@@ -213,6 +214,7 @@ class MeasureConf:
 
 @dataclass
 class HardwareConf:
+    _target_: str = "dlas.hardware.get_device"
     name: str = MISSING
     threads: int = ranged(0, ge=0)  # 0: every core of the host
     target: Any = None

@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
 from dlas.compiler import (
@@ -55,7 +54,8 @@ from dlas.compiler.baselines import open_baseline
 from dlas.compiler.measure import Worker
 from dlas.compiler.noise import NoisePolicy
 from dlas.compiler.rounds import Timing, time_paired
-from dlas.hardware import Device, get_device
+from dlas.errors import build
+from dlas.hardware import Device
 from dlas.hardware.cores import exclusive
 from dlas.hardware.threads import timing_cores
 
@@ -71,7 +71,7 @@ def compilers_of(cfg: Any) -> dict[str, Compiler]:
     the point's compiler options (its constructor checks the values it takes)."""
     main = cfg.compiler
     options = {k: v for k, v in main.items() if k not in ("_target_", "name")}
-    compilers = {main.name: instantiate(main)}
+    compilers = {main.name: build(main)}
     for other in dict.fromkeys(cfg.measure.compare):
         if other in compilers:
             continue
@@ -88,13 +88,11 @@ def check_layers(cfg: Any) -> Device:
     """Validate layers 4-6 before any work: each layer's own values (the algorithm/format
     pair, the compilers' options, the hardware reachable), then the rules across them,
     all here."""
-    from dlas.algorithms import BEST, check_combination
+    from dlas.algorithms import BEST
 
     compilers = compilers_of(cfg)
     main = cfg.compiler.name
-    a = cfg.algorithm
-    check_combination(a.name, a.data_format, a.fallback, a.candidates)
-    if a.name == BEST:
+    if build(cfg.algorithm).name == BEST:
         reason = best_algorithm_error(main, list(cfg.measure.compare))
         if reason is not None:
             raise ValueError(reason)
@@ -107,15 +105,7 @@ def check_layers(cfg: Any) -> Device:
                 f"compiler={name} runs on hardware={' or '.join(compiler.hardware)} only, not "
                 f"hardware={h.name}; compilers for any hardware: {', '.join(anywhere)}"
             )
-    return get_device(
-        h.name,
-        threads=h.threads,
-        target=h.target,
-        target_host=h.target_host,
-        host=h.host,
-        port=h.port,
-        key=h.key,
-    )
+    return build(h)  # dlas.hardware.get_device: reachable now, or a HardwareUnavailableError
 
 
 def check_measure(m: Any) -> NoisePolicy:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from hydra.errors import CompactHydraException, HydraException
 
@@ -56,3 +57,20 @@ def as_config_errors() -> Iterator[None]:
         raise
     except Exception as err:
         raise ConfigError(innermost_message(err)) from err
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, except that a :class:`UserError` the builder raises
+    (hardware that is not there, ...) reaches the caller as itself, not wrapped in
+    Hydra's InstantiationException, so its one-line message and exit code survive."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except HydraException as err:
+        cause = err.__cause__
+        while not isinstance(cause, UserError) and isinstance(cause, HydraException):
+            cause = cause.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise

@@ -28,6 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dlas.algorithms import algorithm_label
 from dlas.cache import Entry, StageCache
 from dlas.compression import Compression
 from dlas.config import check_config
@@ -124,6 +125,7 @@ def run_params(point: Point, threads: int) -> dict[str, Any]:
             "compression.amount": point.compression.amount,
             "algorithm": cfg.algorithm.name,
             "data_format": cfg.algorithm.data_format,
+            "algorithm_label": algorithm_label(cfg.algorithm.name, cfg.algorithm.data_format),
             "compiler": cfg.compiler.name,
             "hardware": cfg.hardware.name,
             "threads": threads,

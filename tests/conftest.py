@@ -14,31 +14,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A stack point small enough to train in seconds: 1 epoch of 2 batches of 16 images,
-# layers 1-3 only (tests of layers 4-6 add deploy=true).
-FAST = [
-    "deploy=false",
-    "dataset.batch_size=16",
-    "dataset.eval_batch_size=64",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_eval_batches=1",
-    "trainer.progress_bar=false",
-]
-
-# Layers 4-6 on top of FAST: 16x16 synthetic images (compact stem: 8x8 inside the network),
-# a few verification images and timed runs.
-TINY_DEPLOY = [
-    "deploy=true",
-    "dataset=synthetic",
-    "dataset.num_samples=48",
-    "dataset.image_size=16",
-    "measure.verify_samples=8",
-    "measure.repeat=3",
-    "measure.number=1",
-]
+# The presets of conf/debug/, which a user can run too (python train.py debug=fast):
+# a point that trains in seconds, layers 1-3 only (tests of layers 4-6 add TINY_DEPLOY:
+# 16x16 synthetic images, a few verification images and timed runs).
+FAST = ["debug=fast"]
+TINY_DEPLOY = ["debug=tiny_deploy"]
 
 torch.set_num_threads(2)
+
+#: tests that expect hardware=cuda to be missing skip where a GPU is visible (marker gpu)
+GPU = torch.cuda.is_available()
 
 
 @pytest.fixture

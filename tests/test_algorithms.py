@@ -130,6 +130,8 @@ def test_bad_values_are_named(args: tuple[str, ...], bad: str) -> None:
     assert bad in str(err.value)
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_legalize_validates_before_any_work(zoo) -> None:
     _, _, mod = zoo
     with pytest.raises(ValueError, match="valid data formats"):
@@ -141,6 +143,8 @@ def test_legalize_validates_before_any_work(zoo) -> None:
 # -- numerics ------------------------------------------------------------------------
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize(("algorithm", "data_format"), COMBINATIONS)
 def test_matches_pytorch(zoo, algorithm: str, data_format: str) -> None:
     model, x, mod = zoo
@@ -151,6 +155,8 @@ def test_matches_pytorch(zoo, algorithm: str, data_format: str) -> None:
     assert np.abs(run(legal, x) - expected).max() < 1e-4
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_odd_shapes_dilation_and_rectangular_input(algorithm: str) -> None:
     """Channel counts and widths no tile divides evenly, dilation, 5x5 and 1x3 kernels."""
@@ -168,6 +174,8 @@ def test_odd_shapes_dilation_and_rectangular_input(algorithm: str) -> None:
     assert np.abs(run(legal, x) - model(x).detach().numpy()).max() < 1e-4
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_dynamic_batch() -> None:
     """torch.export with a symbolic batch (as dlas.models.export does) still legalizes."""
     torch.manual_seed(1)
@@ -187,6 +195,8 @@ def test_dynamic_batch() -> None:
             assert np.abs(out - model(xn).detach().numpy()).max() < 1e-4
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_fp16_after_mixed_precision(zoo) -> None:
     """ToMixedPrecision casts the constant weights; the layout changes look through it."""
     model, x, mod = zoo
@@ -199,6 +209,8 @@ def test_fp16_after_mixed_precision(zoo) -> None:
 # -- per-layer records ---------------------------------------------------------------
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_winograd_records(zoo) -> None:
     _, _, mod = zoo
     _, records = legalize_convs(mod, "winograd")
@@ -216,6 +228,8 @@ def test_winograd_records(zoo) -> None:
     assert all(r["format"] == "dense" for r in records)
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_best_applies_the_per_layer_choice_in_layer_order(zoo) -> None:
     model, x, mod = zoo
     per_layer = ["winograd", "gemm", "spatial_pack", "gemm", "gemm", "direct"]
@@ -251,6 +265,8 @@ def test_integer_weights_never_get_winograd() -> None:
     assert choice.algorithm == "gemm" and "int8" in choice.reason
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_fallback_choice_is_used(zoo) -> None:
     _, _, mod = zoo
     _, records = legalize_convs(mod, "winograd", fallback="gemm")
@@ -259,6 +275,8 @@ def test_fallback_choice_is_used(zoo) -> None:
     assert layers["grouped"]["algorithm"] == "direct"  # groups win over the fallback
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_sparse_only_above_threshold(zoo) -> None:
     _, _, mod = zoo
     _, records = legalize_convs(mod, "gemm", "csr", sparsity_threshold=0.5)
@@ -277,6 +295,8 @@ def test_sparse_only_above_threshold(zoo) -> None:
     assert all(r["format"] == "dense" for r in strict)
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_bsr_needs_whole_blocks(zoo) -> None:
     _, _, mod = zoo
     legal, records = legalize_convs(mod, "gemm", "bsr", sparsity_threshold=0.5, block_size=4)
@@ -288,6 +308,8 @@ def test_bsr_needs_whole_blocks(zoo) -> None:
     assert {"conv2d_im2col_bsr", "dense_csr"} <= names
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_layer_names_do_not_depend_on_the_algorithm(zoo) -> None:
     _, _, mod = zoo
     keys = {
@@ -297,6 +319,8 @@ def test_layer_names_do_not_depend_on_the_algorithm(zoo) -> None:
     assert len(keys) == 1
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_parameters_as_inputs_fall_back_to_direct() -> None:
     """Without constant weights no layout can change at compile time: direct, and said so."""
     torch.manual_seed(2)
@@ -345,6 +369,8 @@ def test_csr_and_bsr_arrays_rebuild_the_matrix() -> None:
     assert list(empty.indptr) == [0, 0, 0, 0] and len(empty.data) == empty.max_row == 1
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize(("algorithm", "data_format"), [("winograd", "dense"), ("gemm", "csr")])
 def test_metaschedule_can_schedule_every_task(zoo, algorithm: str, data_format: str) -> None:
     """The tuning pipeline's view: after fusion each task has a design space that passes

@@ -29,6 +29,9 @@ def _assert_one_line(result, *needles: str) -> str:
     return line
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("bad", "needles"),
     [
@@ -52,6 +55,8 @@ def test_a_bad_value_is_one_line_before_any_run(workdir, bad, needles):
     assert not (Path(workdir["tmp"]) / "mlruns" / "mlflow.db").exists()  # no run, no store
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_the_traceback_is_behind_hydra_full_error(workdir):
     result = run_entry(
         "train.py",
@@ -63,6 +68,8 @@ def test_the_traceback_is_behind_hydra_full_error(workdir):
     assert "Traceback" in result.stderr and "valid choices: sgd, adamw" in result.stderr
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_sweep_with_a_bad_point_runs_the_others(workdir):
     result = run_entry(
         "train.py",
@@ -79,6 +86,9 @@ def test_a_sweep_with_a_bad_point_runs_the_others(workdir):
     assert run.info.status == "FINISHED" and run.data.params["trainer.optimizer"] == "sgd"
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_deploying_a_run_without_a_model_names_its_status(workdir):
     mlflow.set_tracking_uri(workdir["uri"])
     client = mlflow.MlflowClient(workdir["uri"])
@@ -98,6 +108,9 @@ def test_deploying_a_run_without_a_model_names_its_status(workdir):
     assert [r.info.run_id for r in runs(workdir["uri"])] == [failed.info.run_id]  # no new run
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_deploying_a_run_that_does_not_exist_names_the_store(workdir):
     mlflow.MlflowClient(workdir["uri"]).create_experiment("dlas")  # a store, without that run
     uri = "runs:/0123456789abcdef/model"
@@ -105,6 +118,9 @@ def test_deploying_a_run_that_does_not_exist_names_the_store(workdir):
     _assert_one_line(result, f"model_uri={uri}", "has no run '0123456789abcdef'", workdir["uri"])
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_deploying_the_model_of_a_finished_run_works(workdir):
     run_point(compose(*overrides(workdir, *TINY_DEPLOY, "deploy=false")))
     (trained,) = runs(workdir["uri"])

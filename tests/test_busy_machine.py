@@ -46,13 +46,7 @@ def _args(uri: str, cache: str, *extra: str) -> list[str]:
     return [
         f"tracking.uri={uri}",
         f"cache_dir={cache}",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_eval_batches=1",
-        "trainer.progress_bar=false",
-        "dataset.batch_size=16",
-        "dataset.eval_batch_size=64",
-        *TINY_DEPLOY,
+        *TINY_DEPLOY,  # debug=tiny_deploy: debug=fast's training, layers 4-6 on tiny inputs
         *TINY_NET,
         *extra,
     ]
@@ -111,6 +105,9 @@ TIMING_METRICS = {
 }
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_a_busy_machine_is_tagged_noisy_or_keeps_the_quiet_ratio(tmp_path: Path, cache: str):
     _, quiet, _ = deploy(tmp_path / "quiet", cache, hog=False)
     code, busy, log = deploy(tmp_path / "busy", cache, hog=True)
@@ -133,6 +130,9 @@ def test_a_busy_machine_is_tagged_noisy_or_keeps_the_quiet_ratio(tmp_path: Path,
         assert "noisy latency (tagged dlas.noisy)" in log  # and said so
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_strict_fails_a_point_timed_on_a_busy_machine(tmp_path: Path, cache: str):
     code, run, log = deploy(tmp_path, cache, "measure.strict=true", hog=True)
     assert code != 0 and run.info.status == "FAILED"

@@ -372,6 +372,8 @@ ARTIFACTS = {
 }
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_entry_point_characterizes_a_float_and_an_int8_model(workdir):
     import mlflow
 

@@ -76,6 +76,7 @@ def test_iterative_prune_finetunes_after_each_step(data):
     assert structure(out)["sparsity"] == pytest.approx(0.75, abs=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "densenet121", "mobilenet_v2"])
 def test_channel_prune_removes_channels_through_the_graph(data, name):
     torch.manual_seed(0)
@@ -90,6 +91,7 @@ def test_channel_prune_removes_channels_through_the_graph(data, name):
     assert out(torch.randn(2, 3, 32, 32)).shape == (2, 10)  # residual adds / concats still agree
 
 
+@pytest.mark.slow
 def test_int8_quantization_is_int8_small_and_faithful(data):
     model = resnet().eval()
     comp = get_compression("quant", calibration_batches=4)
@@ -104,6 +106,7 @@ def test_int8_quantization_is_int8_small_and_faithful(data):
     assert int8 < 0.3 * fp32
 
 
+@pytest.mark.slow
 def test_int8_qat_finetunes_before_convert(data):
     calls = []
     comp = get_compression("quant", calibration_batches=1, qat=True, finetune_epochs=1)

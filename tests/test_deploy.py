@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_DEPLOY, compose, overrides, run_entry, runs
+from conftest import GPU, TINY_DEPLOY, compose, overrides, run_entry, runs
 
 from dlas.errors import UserError
 from dlas.models.export import export_model
@@ -42,6 +42,9 @@ def layers_of(run) -> list[dict]:
         return json.load(f)["layers"]
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_default_point_compiles_verifies_and_times(workdir):
     metrics = run_point(compose(*overrides(workdir, *TINY)))
     assert set(metrics) >= LATENCY
@@ -67,6 +70,9 @@ def test_default_point_compiles_verifies_and_times(workdir):
     assert len(timing["attempts"]) == metrics["measure_attempts"]
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_deploy_sweeps_algorithms_and_compilers_without_retraining(workdir):
     assert run_entry("train.py", *overrides(workdir, *SMALL, "deploy=false")).returncode == 0
     sweep = run_entry(
@@ -95,6 +101,9 @@ def test_deploy_sweeps_algorithms_and_compilers_without_retraining(workdir):
     assert "winograd" in chosen and len(chosen) > 1  # strided convs fell back, recorded
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_deploy_needs_a_trained_model(workdir):
     result = run_entry("deploy.py", *overrides(workdir, *TINY, "model=vgg16"))
     assert result.returncode != 0 and "run train.py with the same overrides first" in result.stderr
@@ -106,7 +115,11 @@ def test_deploy_needs_a_trained_model(workdir):
     "bad, message",
     [
         ("algorithm=winograd algorithm.data_format=csr", "winograd"),
-        ("hardware=cuda", "hardware=cuda"),
+        pytest.param(
+            "hardware=cuda",
+            "hardware=cuda",
+            marks=[pytest.mark.gpu, pytest.mark.skipif(GPU, reason="a GPU is visible here")],
+        ),
         ("hardware=rpc hardware.port=1", "127.0.0.1:1"),
         ("compiler.name=tvm_fast", "valid choices"),
         ("compiler=onnxruntime hardware=cuda", "runs on hardware=cpu only"),
@@ -126,6 +139,9 @@ def test_bad_systems_choices_fail_before_a_run_with_the_reason(workdir, bad, mes
     assert not (Path(workdir["tmp"]) / "mlruns" / "mlflow.db").exists()  # no run, no store
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_a_sweep_goes_on_past_a_failed_point(workdir):
     result = run_entry(
         "train.py",
@@ -150,6 +166,10 @@ def test_untraceable_model_is_named():
         export_model(DataDependent(), torch.randn(2, 3))
 
 
+@pytest.mark.tuning
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_autoschedule_reuses_its_database(workdir):
     args = overrides(
         workdir,
@@ -168,6 +188,10 @@ def test_autoschedule_reuses_its_database(workdir):
     assert len(kept) == 1 and kept <= {"tuned", "untuned"}
 
 
+@pytest.mark.tuning
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_best_gives_each_layer_its_fastest_tuned_candidate(workdir):
     # two candidates and one stage keep the tuning to a few tasks (a MetaSchedule round
     # costs ~20 s here whatever its size); the choice rule itself is unit-tested
@@ -197,6 +221,9 @@ def test_best_gives_each_layer_its_fastest_tuned_candidate(workdir):
     assert second["tune_s"] == 0 and second["max_abs_err_vs_torch"] < 1e-3
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize("compression, dtype", [("quant", "int8"), ("fp16", "float16")])
 def test_int8_and_fp16_points_compile_and_verify(workdir, compression, dtype):
     metrics = run_point(
@@ -301,6 +328,9 @@ name: channels_last
 """
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_a_new_compiler_is_one_module_and_one_yaml(workdir, tmp_path):
     (tmp_path / "dlas_channels_last.py").write_text(PLUGIN_MODULE)
     (tmp_path / "conf" / "compiler").mkdir(parents=True)

@@ -73,6 +73,8 @@ def _pipeline_ops(model: nn.Module, x: torch.Tensor) -> tuple[set[str], list[lis
     return ops, weights
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_conv_bias_and_batchnorm_fold_into_the_conv() -> None:
     ops, _ = _pipeline_ops(_model(1), torch.randn(1, 3, 8, 8))
     assert "relax.nn.conv2d" in ops
@@ -81,6 +83,8 @@ def test_conv_bias_and_batchnorm_fold_into_the_conv() -> None:
     assert not ops & {"relax.nn.batch_norm", "relax.subtract", "relax.divide", "relax.multiply"}
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize("pool_input, weight", [(1, [8, 5]), (2, [72, 5])])
 def test_linear_after_a_replicating_pool_is_summed_down(pool_input: int, weight: list) -> None:
     # 1x1 -> 3x3 only replicates: the 72-row weight folds to 8 rows and the pool is gone.
@@ -90,6 +94,8 @@ def test_linear_after_a_replicating_pool_is_summed_down(pool_input: int, weight:
     assert ("relax.nn.adaptive_avg_pool2d" in ops) == (pool_input != 1)
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize("pool_input", [1, 2])
 def test_folded_model_computes_what_pytorch_computes(tmp_path, pool_input: int) -> None:
     model, x = _model(pool_input), torch.randn(1, 3, 8, 8)
@@ -179,6 +185,8 @@ def _kernel(conv: relax.Call) -> list[int]:
     return [int(v) for v in conv.args[1].ty.shape.values]
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_convs_on_small_maps_keep_only_the_taps_that_read_them(tmp_path) -> None:
     torch.manual_seed(0)
     model, x = SmallMaps().eval(), torch.randn(1, 4, 2, 2)
@@ -189,6 +197,8 @@ def test_convs_on_small_maps_keep_only_the_taps_that_read_them(tmp_path) -> None
     assert _compiled_error(model, x, "spatial_pack", tmp_path) < 1e-5
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_a_crop_that_keeps_some_padding_keeps_its_sides_apart(tmp_path) -> None:
     """A 5x5 conv with padding 2 on a 2x3 map: rows keep taps 1..3 with padding 1 on each
     side, columns keep all five taps and padding 2: (top, left, bottom, right) order."""

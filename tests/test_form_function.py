@@ -16,6 +16,9 @@ from dlas.stack import run_point
 TINY = [*TINY_DEPLOY, "model=residual", "model.depth=1", "model.width=4"]
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_compared_compilers_are_timed_in_the_same_run(workdir):
     metrics = run_point(
         compose(

@@ -96,6 +96,7 @@ def test_unknown_hardware_names_the_choices() -> None:
         get_device("tpu")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(bool(tvm.cuda(0).exist), reason="a GPU is visible here")
 def test_cuda_without_a_gpu_fails_clearly() -> None:
     with pytest.raises(HardwareUnavailableError, match="hardware=cuda.*valid choices: cpu"):
@@ -128,6 +129,8 @@ def test_set_threads_reaches_tvm_and_torch(monkeypatch: pytest.MonkeyPatch) -> N
         set_threads(-1)
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_children_threads_sizes_a_tvm_childs_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     """What MetaSchedule's runner workers and an RPC server are: TVM children, whose pool
     comes from the environment they start with (else half the cores)."""
@@ -163,6 +166,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_one_core_affinity_gives_every_runtime_one_thread() -> None:
     """As under ``taskset -c <core>`` or a container limited to one CPU: the machine has
     more cores, this process may use one, and torch, TVM and the logged ``threads`` agree."""
@@ -203,6 +207,8 @@ class _Tiny(nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_rpc_round_trip_on_loopback(tmp_path) -> None:
     from tvm.relax.frontend.torch import from_exported_program
 

@@ -33,6 +33,9 @@ from dlas.compression import get_compression
 from dlas.data import get_datamodule
 from dlas.models import get_model
 
+# int8 models imported and compiled with TVM, per zoo model: beyond the fast tier
+pytestmark = [pytest.mark.tvm, pytest.mark.slow]
+
 MODELS = ("resnet18", "mobilenet_v2")
 CONVS = {"resnet18": 20, "mobilenet_v2": 52}  # every conv of the zoo model is quantized
 IMAGES = 16

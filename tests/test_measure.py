@@ -221,6 +221,8 @@ def tvm_library(program, tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_tvm_module_output_and_latency_locally(program, tvm_library: str) -> None:
     from dlas.hardware import get_device
 
@@ -245,6 +247,8 @@ def test_tvm_module_runs_many_batches_with_one_load(program, tvm_library: str) -
     assert run_tvm_module_batches(tvm_library, [], get_device("cpu", threads=1)) == []
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_tvm_module_measured_in_its_own_process(program, tvm_library: str) -> None:
     from dlas.hardware import get_device
 
@@ -255,6 +259,8 @@ def test_tvm_module_measured_in_its_own_process(program, tvm_library: str) -> No
     assert (lat.repeat, lat.number, lat.threads) == (2, 1, 1)
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_a_missing_library_fails_clearly(tmp_path: Path) -> None:
     from dlas.hardware import get_device
 

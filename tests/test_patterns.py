@@ -25,6 +25,8 @@ def build(pattern: str, depth: int, width: int, classes: int = 10) -> nn.Module:
     )
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize("pattern", PATTERNS)
 @pytest.mark.parametrize(("depth", "width"), SIZES)
 def test_parameter_count_follows_the_formula(pattern: str, depth: int, width: int) -> None:
@@ -34,6 +36,8 @@ def test_parameter_count_follows_the_formula(pattern: str, depth: int, width: in
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_formula_by_hand() -> None:
     """plain, depth 1, width 4, 3 -> 10 classes, worked out on paper: stem 3x3x3x4 + BN 8
     = 116; blocks 4->4 (144+8), 4->8 (288+16), 8->16 (1152+32); head 16x10+10 = 170."""
@@ -41,6 +45,8 @@ def test_formula_by_hand() -> None:
     assert sum(p.numel() for p in build("plain", 1, 4).parameters()) == 1926
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_depth_and_width_grow_the_network(pattern: str) -> None:
     def n(d: int, w: int) -> int:
@@ -52,6 +58,8 @@ def test_depth_and_width_grow_the_network(pattern: str) -> None:
     assert len(convs) > len([m for m in build(pattern, 1, 8).modules() if isinstance(m, nn.Conv2d)])
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_trains_one_step(pattern: str) -> None:
     model = build(pattern, 2, 8).train()
@@ -75,6 +83,8 @@ def data():
     return get_datamodule("synthetic", num_samples=32, image_size=32, in_channels=3, batch_size=8)
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_compressible(data, pattern: str) -> None:
     """Weight pruning and channel pruning go through every pattern's graph (shortcuts,
@@ -86,6 +96,8 @@ def test_compressible(data, pattern: str) -> None:
     assert slim(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_compiles_through_tvm_to_pytorch_numbers(pattern: str, tmp_path) -> None:
     from omegaconf import OmegaConf
@@ -114,6 +126,8 @@ def test_compiles_through_tvm_to_pytorch_numbers(pattern: str, tmp_path) -> None
     assert np.abs(outputs[0] - expected).max() < 1e-4
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_footprint_counts_what_inference_touches() -> None:
     model = build("residual", 1, 8).eval()
     x = torch.randn(1, 3, 32, 32)

@@ -50,6 +50,8 @@ def test_a_layer_without_tuned_times_keeps_the_first_candidates_choice(times) ->
     assert chosen == ["direct"] and notes == [{"winograd": None, "gemm": None}]
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_every_conv_layer_finds_its_fused_kernel_even_out_of_order() -> None:
     """A residual block with a strided 1x1 shortcut: FuseOps emits the shortcut's group
     before the main branch's last conv, and two layers share one conv kernel."""

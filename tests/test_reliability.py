@@ -57,6 +57,9 @@ def manifest(path: Path) -> dict:
 # ---------------------------------------------------------------- 1. same seed, same model
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_one_seed_gives_bit_identical_models_and_metrics_in_two_processes(tmp_path):
     procs = []
     for i in range(2):
@@ -160,6 +163,9 @@ def join_all(procs: list, timeout: float = 300) -> list[int | None]:
     return [proc.exitcode for proc in procs]
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_two_processes_of_one_point_train_it_once(workdir):
     from dlas.report.load import load_points
     from dlas.tracking.store import setup_experiment
@@ -252,6 +258,7 @@ def _save_often(root: Path, saves: int, barrier, index: int) -> None:
     (root / f"writer{index}.json").write_text(json.dumps(sorted(kept)))
 
 
+@pytest.mark.slow
 def test_many_concurrent_writers_of_one_key_all_succeed(tmp_path):
     root = tmp_path / "cache"
     stale = root / "train" / ".k.0dead0.tmp"  # a writer killed mid-write
@@ -311,6 +318,9 @@ def garble(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "stage, name, damage",
     [

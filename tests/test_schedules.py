@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
-from dlas.algorithms import ALGORITHMS  # noqa: E402
+from dlas.algorithms import ALGORITHMS, Algorithm  # noqa: E402
 from dlas.algorithms.schedule import ANCHORS, ScheduleError, vector_bits  # noqa: E402
 from dlas.compiler import SCHEDULES, check_schedule, tvm_relax  # noqa: E402
 from dlas.compiler.default_schedule import (  # noqa: E402
@@ -70,16 +69,8 @@ class Convs(nn.Module):
 COMBINATIONS = [(a, "dense") for a in ALGORITHMS] + [("gemm", "csr"), ("gemm", "bsr")]
 
 
-def algorithm_cfg(name: str, data_format: str = "dense"):
-    return OmegaConf.create(
-        {
-            "name": name,
-            "data_format": data_format,
-            "sparsity_threshold": 0.0,
-            "block_size": 4,
-            "fallback": "direct",
-        }
-    )
+def algorithm_cfg(name: str, data_format: str = "dense") -> Algorithm:
+    return Algorithm(name, data_format)
 
 
 def lowered(
@@ -119,6 +110,8 @@ def with_knob_draw(mod: tvm.IRModule, target: tvm.target.Target, seed: int) -> t
     return mod
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("algorithm", "data_format", "batch"),
     [(a, f, 1) for a, f in COMBINATIONS] + [("spatial_pack", "dense", 2), ("gemm", "csr", 2)],
@@ -183,6 +176,8 @@ def epilogue_module(algorithm: str, x: torch.Tensor, target: tvm.target.Target):
     return scheduled, model
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_dag_epilogues_and_elementwise_chains_are_one_pass(algorithm: str) -> None:
     """SiLU is computed inside the conv's tile with the polynomial sigmoid (no scalar
@@ -269,6 +264,8 @@ def kernel_asm(mod: tvm.IRModule, target: tvm.target.Target) -> str:
     return "".join(m.inspect_source("s") for m in executable.mod.imports)
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_defaults_follow_the_targets_vector_width(algorithm: str) -> None:
     """An AVX2 target gets 8-lane tiles and 256-bit code; AVX-512 16 lanes and zmm
@@ -288,6 +285,8 @@ def test_defaults_follow_the_targets_vector_width(algorithm: str) -> None:
     assert widths["skylake-avx512"][0]
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("spec", "size", "tile", "blocks"),
     [(AVX512, 2, [2, 2], 4), (AVX2, 2, [2, 2], 2), (AVX512, 16, [1, 8], 2), (AVX2, 16, [1, 8], 1)],
@@ -348,6 +347,8 @@ def test_spatial_pack_fills_the_register_file(
     np.testing.assert_allclose(run(scheduled, x.numpy(), target), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_layouts_follow_the_targets_lanes() -> None:
     """Spatial pack's channel block and the GEMM's weight panel are one vector wide."""
     x = torch.randn(1, 3, 11, 10)
@@ -367,6 +368,8 @@ def shape_in(text: str, dims: tuple[int, ...]) -> bool:
     return re.search(rf"\(\s*{pattern}\s*\)", text) is not None
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_schedule_none_keeps_the_plain_loop_nests(tmp_path: Path) -> None:
     from dlas.hardware import get_device
 
@@ -385,6 +388,8 @@ def test_schedule_none_keeps_the_plain_loop_nests(tmp_path: Path) -> None:
         check_schedule("tuned")
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_a_schedule_that_cannot_apply_names_the_kernel(monkeypatch) -> None:
     def broken(sch, block, knobs) -> None:
         sch.compute_inline(sch.get_sblock("conv2d_direct"))  # a reduction cannot be inlined
@@ -402,6 +407,9 @@ def test_a_schedule_that_cannot_apply_names_the_kernel(monkeypatch) -> None:
         default_schedules(target)(mod)
 
 
+@pytest.mark.tuning
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_tuning_measures_the_default_first_and_never_loses_to_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -467,6 +475,9 @@ def test_tuning_measures_the_default_first_and_never_loses_to_it(
     assert json.loads(state.read_text())["end_to_end"]["kept"] == "untuned"
 
 
+@pytest.mark.tvm
+@pytest.mark.tuning
+@pytest.mark.slow
 def test_tuning_times_candidates_with_the_models_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -493,6 +504,9 @@ def test_tuning_times_candidates_with_the_models_threads(
     assert "TVM_NUM_THREADS" not in os.environ
 
 
+@pytest.mark.tvm
+@pytest.mark.tuning
+@pytest.mark.slow
 def test_the_pooled_builder_keeps_its_workers_and_reports_failures() -> None:
     """One worker pool per tuning (MetaSchedule's LocalBuilder starts one per round), and
     a build that fails is a result with its error, as LocalBuilder reports it."""
@@ -526,6 +540,8 @@ def test_the_pooled_builder_keeps_its_workers_and_reports_failures() -> None:
     assert second[1].artifact_path is None and "exception" in second[1].error_msg
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_a_records_space_is_read_from_its_trace() -> None:
     """tasks.json says which space each task's winner came from: the default schedule,
     our template's sampled knobs or MetaSchedule's generic space."""
@@ -608,6 +624,8 @@ def int8_build(
     return legalized_build(int8_conv_module(weight, stride, **conv), algorithm, schedule, target)
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize("stride", [1, 2])
 def test_int8_spatial_pack_uses_vnni_and_is_bit_exact(stride: int) -> None:
     """On an AVX-512 VNNI target the int8 spatial pack is one vpdpbusd per 16 output x 4
@@ -634,6 +652,8 @@ def test_int8_spatial_pack_uses_vnni_and_is_bit_exact(stride: int) -> None:
     np.testing.assert_array_equal(outputs[1], outputs[0])
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize("stride", [1, 2])
 def test_int8_depthwise_is_channel_blocked_and_bit_exact(stride: int) -> None:
     """The int8 route's depthwise conv on an input with a non-zero zero point: its pad
@@ -665,6 +685,8 @@ def test_int8_depthwise_is_channel_blocked_and_bit_exact(stride: int) -> None:
     np.testing.assert_array_equal(outputs[1], reference)
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_with_asymmetric_padding_computes_what_pytorch_does(stride: int) -> None:
     """Paddings (top, left, bottom, right) = (0, 1, 2, 1), as a Relax conv holds them
@@ -727,6 +749,8 @@ def test_a_stage_the_anchor_cannot_fuse_is_still_scheduled() -> None:
     np.testing.assert_allclose(out.numpy(), ref.sum(1).numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_a_fresh_process_registers_every_intrinsic_a_database_may_name() -> None:
     """Re-applying a database is often the first thing a process does with TVM; its
     records may name TVM's VNNI intrinsic (MetaSchedule's generic space) and ours. (The

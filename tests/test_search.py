@@ -150,6 +150,8 @@ def _study(workdir):
     )
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_search_runs_trials_as_tagged_runs_and_resumes_after_interrupt(workdir):
     # 8 trials: after the first one the rest are cache hits of a second or two each, and
     # the Ctrl-C must land while some are still to come
@@ -178,8 +180,11 @@ def test_search_runs_trials_as_tagged_runs_and_resumes_after_interrupt(workdir):
     assert (ROOT / workdir["tmp"] / "reports" / "dlas-codesign" / "pareto_front.png").exists()
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 def test_failing_trials_are_fail_in_optuna_and_open_no_mlflow_run(workdir):
-    # deploy=true on a machine without a GPU: every point fails its checks, before a run.
+    # pytorch runs on hardware=cpu only: every point fails its checks, before a run.
     args = _search_args(
         workdir,
         "search.n_trials=2",
@@ -195,6 +200,8 @@ def test_failing_trials_are_fail_in_optuna_and_open_no_mlflow_run(workdir):
     assert runs(workdir["uri"]) == []
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_two_workers_share_one_study(workdir):
     args = _search_args(workdir, "search.n_trials=4")
     logs = [Path(workdir["tmp"]) / f"worker{i}.log" for i in range(2)]

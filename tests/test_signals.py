@@ -88,6 +88,8 @@ def _assert_killed(workdir, proc, log: Path, sig: signal.Signals) -> None:
     assert f"interrupted by {sig.name}" in log.read_text()
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_training_ends_the_run_killed(workdir, entry, sig):
     log = Path(workdir["tmp"]) / "train.log"
@@ -104,6 +106,9 @@ def test_a_signal_during_training_ends_the_run_killed(workdir, entry, sig):
     assert complete == [] and partial == []  # training never finished: nothing cached
 
 
+@pytest.mark.e2e
+@pytest.mark.tvm
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "compiler", "phase"),
     [

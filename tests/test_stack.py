@@ -42,6 +42,7 @@ METRICS = {
 }
 
 
+@pytest.mark.e2e
 def test_train_entry_logs_one_finished_run_with_the_schema(workdir):
     result = run_entry(
         "train.py",
@@ -69,6 +70,8 @@ def test_train_entry_logs_one_finished_run_with_the_schema(workdir):
     assert {"config.yaml", "compression_report.json"} <= artifacts
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_second_run_is_a_cache_hit_and_shares_the_baseline(workdir):
     args = overrides(workdir, "dataset=synthetic", "dataset.num_samples=64")
     first = run_point(compose(*args))
@@ -93,6 +96,8 @@ def test_stage_keys_follow_the_upstream_layers_only(workdir):
 
 
 # Through the real entry point (exit code, stderr, nothing written)...
+@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "bad, message",
     [
@@ -137,6 +142,8 @@ def test_group_choice_errors_list_valid_options(workdir):
         assert name in result.stderr
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_failure_inside_a_run_marks_it_failed(workdir, monkeypatch):
     import dlas.stack
 
@@ -158,6 +165,8 @@ def test_tracking_uri_from_environment(workdir, monkeypatch):
     assert compose("tracking.uri=sqlite:///x.db").tracking.uri == "sqlite:///x.db"
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_multirun_sweep_gives_one_run_per_point_and_caches(workdir):
     sweep = [
         "-m",
@@ -198,3 +207,15 @@ def test_config_tree_has_one_group_per_layer():
     ):
         assert group in cfg
     assert OmegaConf.select(cfg, "dataset.name") == "mnist5k"
+
+
+def test_a_preset_logs_its_algorithm_and_format_pair(workdir):
+    """algorithm=csr is gemm on CSR weights: its runs say so in one param, so the MLflow
+    UI does not show it as plain gemm."""
+    from dlas.stack import build_point, run_params
+
+    cfg = compose(*overrides(workdir, "algorithm=csr", "dataset=synthetic"))
+    params = run_params(build_point(cfg), 2)
+    assert (params["algorithm"], params["data_format"]) == ("gemm", "csr")
+    assert params["algorithm_label"] == "gemm+csr"
+    assert run_params(build_point(compose(*overrides(workdir))), 2)["algorithm_label"] == "direct"

@@ -28,6 +28,8 @@ def _sweep(workdir, *extra):
     ]
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_killed_sweep_resumes_with_one_finished_run_per_point(workdir):
     args = _sweep(workdir, "compression=none,prune,channel_prune")
     proc = start_entry("train.py", *args, log=Path(workdir["tmp"]) / "sweep.log")
@@ -117,6 +119,7 @@ def test_measurement_excludes_every_other_job_on_the_host(tmp_path):
     assert _try_lock(path, fcntl.LOCK_EX)  # released on exit
 
 
+@pytest.mark.slow
 def test_dlas_grid_preset_is_a_48_point_grid_of_valid_points():
     import itertools
 

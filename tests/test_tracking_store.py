@@ -49,6 +49,8 @@ def test_an_unreachable_server_is_named_in_seconds():
     assert f"tracking.uri={uri}" in str(err.value) and "Connection refused" in str(err.value)
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_an_unreachable_server_fails_the_entry_point_in_one_line(workdir):
     uri = f"http://127.0.0.1:{_closed_port()}"
     start = time.monotonic()
@@ -59,6 +61,8 @@ def test_an_unreachable_server_fails_the_entry_point_in_one_line(workdir):
     assert elapsed < 90, elapsed  # start-up and validation included; the check itself ~0 s
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_sqlite_store_in_a_missing_folder_is_an_error(workdir):
     missing = Path(workdir["tmp"]) / "typo" / "mlflow.db"
     result = run_entry(
@@ -161,6 +165,8 @@ def _wait_healthy(url: str, server: subprocess.Popen, deadline: float) -> None:
     pytest.fail("the MLflow server did not come up")
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_server_dying_mid_run_leaves_the_results_on_disk(workdir, monkeypatch, request):
     tmp = Path(workdir["tmp"])
     monkeypatch.setenv("TMPDIR", str(tmp))  # a private core lock: other jobs cannot delay us

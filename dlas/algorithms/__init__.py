@@ -26,7 +26,8 @@ without paying TVM's import time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import tvm
@@ -46,7 +47,17 @@ FALLBACKS = ("direct", "gemm", "spatial_pack")
 BEST = "best"
 CHOICES = (*ALGORITHMS, BEST)
 
-__all__ = ["ALGORITHMS", "BEST", "CHOICES", "DATA_FORMATS", "check_combination", "legalize_convs"]
+__all__ = [
+    "ALGORITHMS",
+    "BEST",
+    "CHOICES",
+    "DATA_FORMATS",
+    "Algorithm",
+    "algorithm_label",
+    "check_combination",
+    "get_algorithm",
+    "legalize_convs",
+]
 
 
 def check_combination(
@@ -89,6 +100,47 @@ def check_combination(
             f"data format 'dense'. Valid algorithms: {', '.join(ALGORITHMS)}; valid data "
             f"formats: {', '.join(DATA_FORMATS)}"
         )
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """Layer 4 of one point as a typed value, built once from ``conf/algorithm`` (its
+    ``_target_`` is :func:`get_algorithm`) and checked in its constructor: the compiler
+    gets this, never a raw config node."""
+
+    name: str
+    data_format: str = "dense"
+    sparsity_threshold: float = 0.0
+    block_size: int = 4
+    fallback: str = "direct"
+    #: ``best`` only: what each layer chooses among (first wins ties)
+    candidates: tuple[str, ...] = ALGORITHMS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "candidates", tuple(self.candidates))
+        check_combination(self.name, self.data_format, self.fallback, self.candidates)
+        if not 0.0 <= self.sparsity_threshold <= 1.0:
+            raise ValueError(
+                f"algorithm.sparsity_threshold={self.sparsity_threshold} is outside [0, 1]"
+            )
+        if self.block_size < 1:
+            raise ValueError(f"algorithm.block_size={self.block_size} must be >= 1")
+
+    @property
+    def label(self) -> str:
+        return algorithm_label(self.name, self.data_format)
+
+
+def algorithm_label(name: str, data_format: str) -> str:
+    """``gemm``, or ``gemm+csr`` for a sparse format: what a run's ``algorithm_label``
+    param says (``algorithm=csr`` is the preset of gemm on CSR weights, so its
+    ``algorithm`` param alone reads ``gemm``)."""
+    return name if data_format == "dense" else f"{name}+{data_format}"
+
+
+def get_algorithm(name: str, **options: Any) -> Algorithm:
+    """The layer-4 door (``conf/algorithm``'s ``_target_``)."""
+    return Algorithm(name, **options)
 
 
 def legalize_convs(

@@ -16,6 +16,7 @@ import numpy as np
 
 from dlas.compiler.base import Compiled, Compiler, Inputs, register_compiler
 from dlas.compiler.measure import Worker
+from dlas.errors import build
 from dlas.hardware.cores import exclusive
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class TvmCompiler(Compiler):
             inputs.program,
             example,
             device,
-            cfg.algorithm,
+            build(cfg.algorithm),  # dlas.algorithms.get_algorithm: a typed Algorithm
             out_dir,
             self.tuning(tuning_root),
             self.schedule,

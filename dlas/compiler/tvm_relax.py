@@ -49,7 +49,7 @@ import torch
 import tvm
 from tvm import relax
 
-from dlas.algorithms import BEST
+from dlas.algorithms import BEST, Algorithm
 from dlas.compiler import folds
 from dlas.compiler.fast_tvmscript import install as install_fast_tvmscript
 from dlas.compiler.tvm_compilers import TUNED_OPS
@@ -121,7 +121,7 @@ class _Algorithms:
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: Algorithm | None,
         name: str | None = None,
         per_layer: Sequence[str] = (),
         schedule: str = "default",
@@ -513,7 +513,7 @@ def build(
     program: torch.export.ExportedProgram,
     example: torch.Tensor,
     device: Device,
-    algorithm_cfg: Any,
+    algorithm_cfg: Algorithm,
     out_dir: Path,
     tuning: Tuning | None = None,
     schedule: str = "default",

@@ -173,6 +173,7 @@ def get_device(
     port: int | None = None,
     key: str | None = None,
     timeout: float = 10.0,
+    emulates: str | None = None,
 ) -> Device:
     """Layer 6 by name: ``cpu`` (this host, target detected), ``cuda`` (a visible GPU) or
     ``rpc`` (a TVM tracker at ``host:port`` serving ``key``; checked now, within
@@ -180,6 +181,8 @@ def get_device(
 
     ``threads`` 0 means every core for ``cpu``, and the remote server's own setting for
     ``rpc``. ``target`` / ``target_host`` accept dicts, JSON, tags or legacy strings.
+    ``emulates`` (the ISA presets') labels what narrower CPU the target stands for: it is
+    logged with the run's params, and changes nothing here.
     """
     if threads < 0:
         raise ValueError(f"threads={threads} must be >= 0 (0 = every core)")
