@@ -10,13 +10,14 @@ every point.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -316,6 +317,53 @@ def open_run(cfg: DictConfig, entry: str, tags: dict[str, str]):
     )
 
 
+@dataclass
+class PointRun:
+    """One point's open MLflow run and what every entry point sets up for it: the thread
+    count (torch's and TVM's pools set to it), the stage keys and the stage cache."""
+
+    point: Point
+    run: TrackedRun
+    threads: int
+    keys: dict[str, str]
+    cache: StageCache
+
+    def stages(self) -> tuple[Trainer, Entry, bool, Entry, bool]:
+        """Layers 1-3: the trained baseline and the compressed model, each from the cache
+        or computed and stored, the run tagged with their provenance; (trainer, baseline,
+        its cache hit, compressed, its cache hit)."""
+        cfg = self.point.cfg
+        trainer = Trainer(cfg.trainer, self.point.data, RunLogger(cfg.tracking.uri, self.run))
+        baseline, train_hit = train_stage(self.point, trainer, self.cache, self.keys["train"])
+        compressed, compress_hit = compress_stage(
+            self.point, trainer, self.cache, self.keys["compress"], baseline
+        )
+        self.run.set_tags(entry_tags(self.cache, train=baseline, compress=compressed))
+        return trainer, baseline, train_hit, compressed, compress_hit
+
+
+@contextlib.contextmanager
+def point_run(
+    cfg: DictConfig,
+    point: Point,
+    entry: str,
+    tags: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
+) -> Iterator[PointRun]:
+    """The run setup ``train.py``, ``deploy.py`` and ``characterize.py`` share: threads,
+    stage keys (tagged), ``open_run``, the run schema's params (plus ``params``) and the
+    resolved config as ``config.yaml``."""
+    threads = resolve_threads(cfg.hardware.threads)
+    torch.set_num_threads(threads)
+    keys = stage_keys(point)
+    cache = StageCache(cfg.cache_dir, enabled=cfg.use_cache)
+    key_tags = {"dlas.train_key": keys["train"], "dlas.compress_key": keys["compress"]}
+    with open_run(cfg, entry, key_tags | (tags or {})) as run:
+        run.log_params(run_params(point, threads) | (params or {}))
+        run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        yield PointRun(point, run, threads, keys, cache)
+
+
 def validated(cfg: DictConfig, systems: bool) -> tuple[Point, Any]:
     """Every value of a point, checked before any run opens: the schemas' ranges and
     choices (``dlas.config.check_config``), layers 1-3 by building them, and with
@@ -367,18 +415,9 @@ def run_point(
 def _run_point(
     cfg: DictConfig, point: Point, device: Any, tags: dict[str, str], gate: Gate | None
 ) -> dict[str, float]:
-    threads = resolve_threads(cfg.hardware.threads)
-    torch.set_num_threads(threads)
-    keys = stage_keys(point)
-    cache = StageCache(cfg.cache_dir, enabled=cfg.use_cache)
-    tags = {"dlas.train_key": keys["train"], "dlas.compress_key": keys["compress"], **tags}
-    with open_run(cfg, "train", tags) as run:
-        run.log_params(run_params(point, threads))
-        run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        trainer = Trainer(cfg.trainer, point.data, RunLogger(cfg.tracking.uri, run))
-        baseline, train_hit = train_stage(point, trainer, cache, keys["train"])
-        compressed, compress_hit = compress_stage(point, trainer, cache, keys["compress"], baseline)
-        run.set_tags(entry_tags(cache, train=baseline, compress=compressed))
+    with point_run(cfg, point, "train", tags) as started:
+        run = started.run
+        _, baseline, train_hit, compressed, compress_hit = started.stages()
         m = compressed.meta
         metrics = {
             "top1": m["top1"],
@@ -484,14 +523,9 @@ def deploy_point(cfg: DictConfig) -> dict[str, float]:
 
 
 def _deploy_point(cfg: DictConfig, point: Point, device: Any) -> dict[str, float]:
-    threads = resolve_threads(cfg.hardware.threads)
-    torch.set_num_threads(threads)
-    keys = stage_keys(point)
-    program_path, meta, reference, source_tags = deploy_source(cfg, keys["compress"])
-    with open_run(cfg, "deploy", {"dlas.compress_key": keys["compress"]}) as run:
-        run.log_params(run_params(point, threads))
-        run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        run.set_tags(source_tags)
+    program_path, meta, reference, source_tags = deploy_source(cfg, stage_keys(point)["compress"])
+    with point_run(cfg, point, "deploy", source_tags) as started:
+        run = started.run
         if meta:
             run.log_metrics(
                 {

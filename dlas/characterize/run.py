@@ -21,7 +21,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, Subset
 
-from dlas.cache import StageCache
 from dlas.characterize.analysis import NETWORK_METRICS, Characterization, characterize_model
 from dlas.characterize.config import CharacterizeConf, validate
 from dlas.characterize.figures import write_figures
@@ -29,26 +28,13 @@ from dlas.data import ImageClassificationData
 from dlas.hardware.cores import computing
 from dlas.identity import point_key
 from dlas.report.tables import write_table
-from dlas.stack import (
-    Point,
-    compress_stage,
-    entry_tags,
-    open_run,
-    point_hash,
-    previous_result,
-    resolve_threads,
-    run_params,
-    stage_keys,
-    train_stage,
-    validated,
-)
-from dlas.tracking import RunLogger, flatten
-from dlas.training import Trainer
+from dlas.stack import Point, point_hash, point_run, previous_result, validated
+from dlas.tracking import flatten
 
 log = logging.getLogger("dlas.characterize")
 ENTRY = "characterize"
 
-# What each network-level metric means (network.md, and the README).
+# What each network-level metric means (network.md, and docs/characterize.md).
 METRIC_DOCS = {
     "act_sparsity": "fraction of input-activation values that are zero (MAC-weighted)",
     "weight_sparsity": "fraction of all conv/linear weights that are zero",
@@ -128,24 +114,13 @@ def characterize_point(cfg: DictConfig) -> dict[str, float]:
 def _characterize_point(
     cfg: DictConfig, point: Point, settings: CharacterizeConf, run_hash: str
 ) -> dict[str, float]:
-    threads = resolve_threads(cfg.hardware.threads)
-    torch.set_num_threads(threads)
-    keys = stage_keys(point)
-    cache = StageCache(cfg.cache_dir, enabled=cfg.use_cache)
-    tags = {
-        "dlas.train_key": keys["train"],
-        "dlas.compress_key": keys["compress"],
-        "dlas.config_hash": run_hash,
-    }
     name = str(cfg.tracking.run_name)
     out_dir = Path(settings.out or Path("reports") / "characterize" / name)
-    with open_run(cfg, ENTRY, tags) as run:
-        run.log_params(run_params(point, threads) | flatten("characterize", asdict(settings)))
-        run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        trainer = Trainer(cfg.trainer, point.data, RunLogger(cfg.tracking.uri, run))
-        baseline, train_hit = train_stage(point, trainer, cache, keys["train"])
-        compressed, compress_hit = compress_stage(point, trainer, cache, keys["compress"], baseline)
-        run.set_tags(entry_tags(cache, train=baseline, compress=compressed))
+    tags = {"dlas.config_hash": run_hash}
+    params = flatten("characterize", asdict(settings))
+    with point_run(cfg, point, ENTRY, tags, params) as started:
+        run = started.run
+        _, _, train_hit, compressed, compress_hit = started.stages()
         batches = sample_batches(
             point.data, settings.samples, settings.batch_size, point.compression.input_dtype
         )

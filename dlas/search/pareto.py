@@ -6,15 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import optuna
+import pandas as pd
+from mlflow import MlflowClient
 
-matplotlib.use("Agg")
-
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-
-from dlas.report.artifacts import report_experiment  # noqa: E402
+from dlas.report.artifacts import report_experiment
 
 
 def pareto_table(study: optuna.Study) -> pd.DataFrame:
@@ -46,6 +42,12 @@ def write_pareto(study: optuna.Study, out_dir: Path) -> list[Path]:
         ax.set_title(f"Pareto front of study {study.study_name!r} ({len(study.trials)} trials)")
         png = out_dir / "pareto_front.png"
         ax.figure.savefig(png, dpi=150, bbox_inches="tight")
+        # optuna draws with pyplot: close the figure, or every write keeps one open.
+        # No backend is forced here (importing this module must not change a caller's
+        # matplotlib); without a display, matplotlib falls back to Agg by itself.
+        import matplotlib.pyplot as plt
+
+        plt.close(ax.figure)
         files.append(png)
     return files
 
