@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dlas.compiler.base import Compiled, Compiler, Inputs, register_compiler
-from dlas.compiler.measure import Worker
+from dlas.compiler.measure import Worker, open_tvm
 from dlas.errors import build
 from dlas.hardware.cores import exclusive
 
@@ -90,8 +90,6 @@ class TvmCompiler(Compiler):
             self.tuning(tuning_root),
             self.schedule,
         )
-        from dlas.compiler.measure import open_tvm
-
         # Relax modules take float32 whatever they compute in (fp16 and int8 cast inside).
         with exclusive():
             outputs = worker.start(
