@@ -148,21 +148,22 @@ class Deployment:
     timing: dict[str, Any] = field(default_factory=dict)  # latencies.json: the raw samples
 
 
-def open_reference(inputs: Inputs, device: Device, cores: Sequence[int]) -> Worker:
-    """Eager PyTorch on the static program, loaded in a worker of its own: the reference
+def launch_reference(inputs: Inputs, device: Device, cores: Sequence[int]) -> Worker:
+    """Eager PyTorch on the static program, loading in a worker of its own: the reference
     every speedup of the point is over (not verified: it is what the others are verified
-    against)."""
+    against). It loads while the point compiles, as the compile is computing too (the
+    host lock is shared, see ``dlas.hardware.cores``); :meth:`Worker.ready` waits for
+    it before timing."""
     worker = Worker("time pytorch (reference)", timeout=inputs.timeout_s, cores=cores)
-    with exclusive():
-        worker.start(
-            open_baseline,
-            "pytorch",
-            inputs.program_path,
-            inputs.static_path,
-            None,
-            inputs.example,
-            threads=device.threads,
-        )
+    worker.launch(
+        open_baseline,
+        "pytorch",
+        inputs.program_path,
+        inputs.static_path,
+        None,
+        inputs.example,
+        threads=device.threads,
+    )
     return worker
 
 
@@ -258,6 +259,12 @@ def deploy(
     results: dict[str, Compiled] = {}
     checks: dict[str, dict[str, float]] = {}
     with contextlib.ExitStack() as workers:
+        reference = None
+        # The reference loads beside the compile, unless a compiler tunes: MetaSchedule
+        # times candidates in this process tree, and nothing may load beside a timing.
+        if "pytorch" not in names and not any(compilers[c].tunes for c in names):
+            reference = launch_reference(inputs, device, cores)
+            workers.callback(reference.close)
         for i, compiler in enumerate(names):
             if len(names) > 1:
                 log.info("compiler %d/%d: %s", i + 1, len(names), compiler)
@@ -269,8 +276,11 @@ def deploy(
             checks[compiler] = verify(compiler, cfg, compiled, ref, labels, dtype)
         timed = {c: r.worker for c, r in results.items() if r.worker is not None}
         if "pytorch" not in timed:
-            timed["pytorch"] = open_reference(inputs, device, cores)
-            workers.callback(timed["pytorch"].close)
+            if reference is None:
+                reference = launch_reference(inputs, device, cores)
+                workers.callback(reference.close)
+            reference.ready()
+            timed["pytorch"] = reference
         with exclusive():
             timing = time_paired(
                 timed,

@@ -220,18 +220,6 @@ def entry_tags(cache: StageCache, **entries: Entry) -> dict[str, str]:
     return tags
 
 
-def program_dtype(program: torch.export.ExportedProgram) -> tuple[torch.dtype, str]:
-    """(input dtype, compute dtype name) of a compressed model's exported program."""
-    from dlas.compiler.int8 import is_quantized
-
-    user_inputs = set(program.graph_signature.user_inputs)
-    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name in user_inputs)
-    input_dtype = node.meta["val"].dtype
-    if is_quantized(program):
-        return input_dtype, "int8"
-    return input_dtype, str(input_dtype).removeprefix("torch.")
-
-
 def deploy_and_log(
     cfg: DictConfig,
     device: Any,
@@ -245,7 +233,7 @@ def deploy_and_log(
     from dlas.hardware import last_level_cache_bytes
 
     program = load_program(program_path)
-    input_dtype, dtype = program_dtype(program)
+    input_dtype, dtype = point.compression.input_dtype, point.compression.compute_dtype
     footprint = memory_footprint(program, point.data.example_batch(1)[0].to(input_dtype))
     footprint["llc_bytes"] = last_level_cache_bytes()
     with tempfile.TemporaryDirectory(prefix="dlas-deploy-") as tmp:

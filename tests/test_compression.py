@@ -142,3 +142,24 @@ def test_export_is_in_eval_mode_even_after_training():
     x = torch.randn(3, 3, 32, 32)  # train-mode BatchNorm would use this batch's statistics
     with torch.no_grad():
         assert torch.allclose(program.module()(x), model.eval()(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["none", "prune", "channel_prune", "quant", "fp16"])
+def test_each_compression_says_what_its_program_computes_in(data, name):
+    """Layers 4-5 take the compute dtype from the compression (``compute_dtype``), not
+    from the graph: check the declaration against the exported program it produced."""
+    from dlas.compiler.int8 import is_quantized
+    from dlas.compression import COMPRESSIONS
+
+    assert set(COMPRESSIONS.names()) == {"none", "prune", "channel_prune", "quant", "fp16"}
+    kwargs = {"calibration_batches": 1} if name == "quant" else {}
+    comp = get_compression(name, **kwargs)
+    torch.manual_seed(0)
+    model = get_model("plain", num_classes=10, in_channels=3, input_size=32, depth=1, width=8)
+    out = comp.apply(model.eval(), data, no_finetune)
+    x = data.example_batch(2)[0].to(comp.input_dtype)
+    program = export_model(out, x)
+    assert is_quantized(program) == (comp.compute_dtype == "int8")
+    if comp.compute_dtype != "int8":
+        weights = {str(p.dtype).removeprefix("torch.") for p in program.parameters()}
+        assert weights == {comp.compute_dtype}

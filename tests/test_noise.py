@@ -222,6 +222,16 @@ def test_two_runtimes_alternate_between_two_pinned_processes() -> None:
     assert samples == {"a": [[a.pid] * 2] * 2, "b": [[b.pid] * 2] * 2}
 
 
+def test_a_launched_worker_loads_while_this_process_goes_on() -> None:
+    with Worker("early", timeout=120) as worker:
+        with pytest.raises(MeasurementError, match="early: the worker was not launched"):
+            worker.ready()
+        worker.launch(_open_whoami)
+        assert worker.pid != os.getpid()  # spawned at launch, before anything waits for it
+        pid, _, _ = worker.ready()
+        assert pid == worker.pid and worker.time(0, 2, 1) == [pid, pid]
+
+
 def _crash_on_two(warmup: int, repeat: int, number: int) -> list[float]:
     if repeat == 2:
         os.kill(os.getpid(), signal.SIGSEGV)

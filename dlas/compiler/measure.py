@@ -278,7 +278,19 @@ class Worker:
     def start(self, job: Callable[..., Loaded], *args: Any, **kwargs: Any) -> Any:
         """Spawn the child, run ``job`` there (it returns a :class:`Loaded`) and return
         its ``result``."""
+        self.launch(job, *args, **kwargs)
+        return self.ready()
+
+    def launch(self, job: Callable[..., Loaded], *args: Any, **kwargs: Any) -> None:
+        """Spawn the child and let it run ``job`` while this process goes on (a child
+        that imports torch and loads a program spends seconds there); :meth:`ready`
+        waits for it."""
         self._spawn(job, args, kwargs, serve=True)
+
+    def ready(self) -> Any:
+        """The ``result`` of the setup job :meth:`launch` gave the child."""
+        if self.proc is None:
+            raise MeasurementError(f"measuring {self.label}: the worker was not launched")
         result, self.setup_s, self.threads = self._receive()
         return result
 

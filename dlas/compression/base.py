@@ -33,6 +33,10 @@ class Compression:
 
     # the dtype the compressed model expects its input in
     input_dtype: torch.dtype = torch.float32
+    # what its exported program computes in, as layers 4-5 read it (the compilers pick
+    # their int8 or fp16 kernels by it; logged as ``compute_dtype``); layer 3 knows it
+    # and the deployment does not have to guess it from the graph
+    compute_dtype: str = "float32"
 
     def apply(
         self, model: nn.Module, data: ImageClassificationData, finetune: Finetune

@@ -22,6 +22,7 @@ class _RoundToHalf(nn.Module):
 class HalfPrecision(Compression):
     name = "fp16"
     input_dtype = torch.float16
+    compute_dtype = "float16"
 
     def apply(self, model, data, finetune):
         if self.finetune_epochs:

@@ -60,6 +60,7 @@ def drop_unused_attributes(gm: fx.GraphModule) -> fx.GraphModule:
 
 class Int8Quantization(Compression):
     name = "quant"
+    compute_dtype = "int8"  # u8 activations x s8 weights, s32 accumulators
 
     def __init__(self, *, calibration_batches: int = 8, qat: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
