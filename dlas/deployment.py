@@ -58,6 +58,7 @@ from dlas.errors import build
 from dlas.hardware import Device
 from dlas.hardware.cores import exclusive
 from dlas.hardware.threads import timing_cores
+from dlas.tracking import schema
 
 log = logging.getLogger("dlas.deployment")
 
@@ -172,28 +173,35 @@ def timing_metrics(timing: Timing, names: Sequence[str], main: str) -> dict[str,
     ``measure.compare`` every compiled path's under ``<compiler>/``."""
     lat, ref, speed = timing.latencies[main], timing.latencies["pytorch"], timing.speedups[main]
     metrics = {
-        **lat.metrics("latency_ms"),
-        "torch_latency_ms": ref.median_ms,
-        "speedup_vs_torch": speed.ratio,
-        "speedup_vs_torch_lo": speed.lo,
-        "speedup_vs_torch_hi": speed.hi,
-        "latency_cv": timing.cvs[main],
-        "torch_latency_cv": timing.cvs["pytorch"],
-        "cpu_load_before": timing.load_before,
-        "cpu_load_during": timing.load_during,
-        "measure_attempts": float(timing.attempts),
-        "measure_rounds": float(speed.rounds),
+        **lat.metrics(schema.LATENCY),
+        schema.TORCH_LATENCY_MS: ref.median_ms,
+        schema.SPEEDUP: speed.ratio,
+        schema.SPEEDUP_LO: speed.lo,
+        schema.SPEEDUP_HI: speed.hi,
+        schema.LATENCY_CV: timing.cvs[main],
+        schema.TORCH_LATENCY_CV: timing.cvs["pytorch"],
+        schema.CPU_LOAD_BEFORE: timing.load_before,
+        schema.CPU_LOAD_DURING: timing.load_during,
+        schema.MEASURE_ATTEMPTS: float(timing.attempts),
+        schema.MEASURE_ROUNDS: float(speed.rounds),
     }
     if len(names) > 1:
         for name in names:
-            metrics |= {
-                f"{name}/latency_ms_median": timing.latencies[name].median_ms,
-                f"{name}/speedup_vs_torch": timing.speedups[name].ratio,
-                f"{name}/speedup_vs_torch_lo": timing.speedups[name].lo,
-                f"{name}/speedup_vs_torch_hi": timing.speedups[name].hi,
-                f"{name}/latency_cv": timing.cvs[name],
-            }
+            own = metrics_of(timing, name)
+            metrics |= {schema.of_compiler(name, k): v for k, v in own.items()}
     return metrics
+
+
+def metrics_of(timing: Timing, name: str) -> dict[str, float]:
+    """One compiled path's timing, under the names of ``schema.PER_COMPILER``."""
+    speed = timing.speedups[name]
+    return {
+        schema.LATENCY_MS: timing.latencies[name].median_ms,
+        schema.SPEEDUP: speed.ratio,
+        schema.SPEEDUP_LO: speed.lo,
+        schema.SPEEDUP_HI: speed.hi,
+        schema.LATENCY_CV: timing.cvs[name],
+    }
 
 
 def verify(
@@ -209,9 +217,9 @@ def verify(
             "the point fails, its latency is not logged"
         )
     return {
-        "max_abs_err_vs_torch": err,
-        "verify_tolerance": tol,
-        "compiled_top1": float((compiled.outputs.argmax(1) == y).mean() * 100),
+        schema.MAX_ABS_ERR: err,
+        schema.VERIFY_TOLERANCE: tol,
+        schema.COMPILED_TOP1: float((compiled.outputs.argmax(1) == y).mean() * 100),
     }
 
 
@@ -300,29 +308,32 @@ def deploy(
     main = results[name]
     metrics = {
         **timing_metrics(timing, names, name),
-        "compile_s": main.compile_s,
-        "tune_s": main.tune_s,
+        schema.COMPILE_S: main.compile_s,
+        schema.TUNE_S: main.tune_s,
         **checks[name],
-        "reference_top1": float((ref.argmax(1) == labels).mean() * 100),  # same images
-        "sparse_layers": float(sum(1 for r in main.layers if r.get("format") in ("csr", "bsr"))),
+        schema.REFERENCE_TOP1: float((ref.argmax(1) == labels).mean() * 100),  # same images
+        schema.SPARSE_LAYERS: float(
+            sum(1 for r in main.layers if r.get("format") in ("csr", "bsr"))
+        ),
     }
     if len(names) > 1:  # every compiled path under its own name, the main one included
         for compiler, result in results.items():
-            metrics |= {
-                f"{compiler}/compile_s": result.compile_s,
-                f"{compiler}/tune_s": result.tune_s,
-                f"{compiler}/max_abs_err_vs_torch": checks[compiler]["max_abs_err_vs_torch"],
+            own = {
+                schema.COMPILE_S: result.compile_s,
+                schema.TUNE_S: result.tune_s,
+                schema.MAX_ABS_ERR: checks[compiler][schema.MAX_ABS_ERR],
             }
+            metrics |= {schema.of_compiler(compiler, k): v for k, v in own.items()}
     params = {
-        "batch_size": m.batch_size,
-        "tuning_trials": main.trials,
-        "compute_dtype": dtype,
-        "target": device.describe().get("target", ""),
+        schema.BATCH_SIZE: m.batch_size,
+        schema.TUNING_TRIALS: main.trials,
+        schema.COMPUTE_DTYPE: dtype,
+        schema.TARGET: device.describe().get("target", ""),
     }
     if main.end_to_end is not None:  # tuned vs untuned, the whole model: which was kept
-        params["tuning_kept"] = main.end_to_end["kept"]
-        metrics["tuned_end_to_end_ms"] = main.end_to_end["tuned_ms"]
-        metrics["untuned_end_to_end_ms"] = main.end_to_end["untuned_ms"]
-    tags = {} if timing.noisy is None else {"dlas.noisy": timing.noisy}
+        params[schema.TUNING_KEPT] = main.end_to_end["kept"]
+        metrics[schema.TUNED_END_TO_END_MS] = main.end_to_end["tuned_ms"]
+        metrics[schema.UNTUNED_END_TO_END_MS] = main.end_to_end["untuned_ms"]
+    tags = {} if timing.noisy is None else {schema.NOISY: timing.noisy}
     record = timing.record(m.number, cores)
     return Deployment(metrics, params, main.layers, main.artifact, tags, record)

@@ -40,7 +40,15 @@ from dlas.hardware.threads import resolve_threads  # the affinity mask, not os.c
 from dlas.identity import point_key, stage_key
 from dlas.metrics import count_macs, memory_footprint, structure
 from dlas.models.export import export_model, load_program
-from dlas.tracking import RunLogger, TrackedRun, flatten, provenance, setup_experiment, tracked_run
+from dlas.tracking import (
+    RunLogger,
+    TrackedRun,
+    flatten,
+    provenance,
+    schema,
+    setup_experiment,
+    tracked_run,
+)
 from dlas.tracking.sweep import (
     current_sweep,
     finished_run,
@@ -108,29 +116,21 @@ def run_params(point: Point, threads: int) -> dict[str, Any]:
     """The parameter schema every run shares: short names per layer, then every key."""
     cfg = point.cfg
     params: dict[str, Any] = {}
-    for group in (
-        "dataset",
-        "model",
-        "compression",
-        "algorithm",
-        "compiler",
-        "hardware",
-        "trainer",
-    ):
+    for group in schema.LAYER_GROUPS:
         params.update(flatten(group, point.container(group)))
     params.update(
         {
-            "dataset": cfg.dataset.name,
-            "model": cfg.model.name,
-            "compression": cfg.compression.name,
-            "compression.amount": point.compression.amount,
-            "algorithm": cfg.algorithm.name,
-            "data_format": cfg.algorithm.data_format,
-            "algorithm_label": algorithm_label(cfg.algorithm.name, cfg.algorithm.data_format),
-            "compiler": cfg.compiler.name,
-            "hardware": cfg.hardware.name,
-            "threads": threads,
-            "seed": cfg.seed,
+            schema.DATASET: cfg.dataset.name,
+            schema.MODEL: cfg.model.name,
+            schema.COMPRESSION: cfg.compression.name,
+            schema.AMOUNT: point.compression.amount,
+            schema.ALGORITHM: cfg.algorithm.name,
+            schema.DATA_FORMAT: cfg.algorithm.data_format,
+            schema.ALGORITHM_LABEL: algorithm_label(cfg.algorithm.name, cfg.algorithm.data_format),
+            schema.COMPILER: cfg.compiler.name,
+            schema.HARDWARE: cfg.hardware.name,
+            schema.THREADS: threads,
+            schema.SEED: cfg.seed,
         }
     )
     return params
@@ -235,7 +235,7 @@ def deploy_and_log(
     program = load_program(program_path)
     input_dtype, dtype = point.compression.input_dtype, point.compression.compute_dtype
     footprint = memory_footprint(program, point.data.example_batch(1)[0].to(input_dtype))
-    footprint["llc_bytes"] = last_level_cache_bytes()
+    footprint[schema.LLC_BYTES] = last_level_cache_bytes()
     with tempfile.TemporaryDirectory(prefix="dlas-deploy-") as tmp:
         result = deploy(
             cfg,
@@ -290,8 +290,8 @@ def open_run(cfg: DictConfig, entry: str, tags: dict[str, str]):
     )
     sweep = current_sweep()
     tags = {
-        "dlas.config_hash": point_hash(cfg, entry),
-        "dlas.entry": entry,
+        schema.CONFIG_HASH: point_hash(cfg, entry),
+        schema.ENTRY: entry,
         **process_tags(),
         **(sweep.tags() if sweep is not None else {}),
         **tags,
@@ -408,23 +408,23 @@ def _run_point(
         _, baseline, train_hit, compressed, compress_hit = started.stages()
         m = compressed.meta
         metrics = {
-            "top1": m["top1"],
-            "top5": m["top5"],
-            "params": m["params"],
-            "nonzero_params": m["nonzero_params"],
-            "size_bytes": compressed.program_path.stat().st_size,
-            "macs": m["macs"],
-            "nonzero_macs": m["nonzero_macs"],
-            "baseline_top1": baseline.meta["top1"],
-            "baseline_params": baseline.meta["params"],
-            "baseline_macs": baseline.meta["macs"],
-            "train_s": 0.0 if train_hit else baseline.meta["train_s"],
-            "compress_s": 0.0 if compress_hit else m["compress_s"],
-            "cache_hit": float(compress_hit),
-            "train_cache_hit": float(train_hit),
+            schema.TOP1: m["top1"],
+            schema.TOP5: m["top5"],
+            schema.PARAMS: m["params"],
+            schema.NONZERO_PARAMS: m["nonzero_params"],
+            schema.SIZE_BYTES: compressed.program_path.stat().st_size,
+            schema.MACS: m["macs"],
+            schema.NONZERO_MACS: m["nonzero_macs"],
+            schema.SPARSITY: m["sparsity"],
+            schema.CHANNELS_KEPT: m["conv_channels"] / baseline.meta["conv_channels"],
+            schema.BASELINE_TOP1: baseline.meta["top1"],
+            schema.BASELINE_PARAMS: baseline.meta["params"],
+            schema.BASELINE_MACS: baseline.meta["macs"],
+            schema.TRAIN_S: 0.0 if train_hit else baseline.meta["train_s"],
+            schema.COMPRESS_S: 0.0 if compress_hit else m["compress_s"],
+            schema.CACHE_HIT: float(compress_hit),
+            schema.TRAIN_CACHE_HIT: float(train_hit),
         }
-        metrics["sparsity"] = m["sparsity"]
-        metrics["channels_kept"] = m["conv_channels"] / baseline.meta["conv_channels"]
         run.log_metrics(metrics)
         run.set_tag("cache_hit", str(compress_hit).lower())
         run.log_dict(m["report"], "compression_report.json")
@@ -432,9 +432,9 @@ def _run_point(
         run.log_dict(compressed.meta | {"baseline": baseline.meta}, "model/meta.json")
         reason = gate(metrics) if gate is not None else None
         if reason is not None:
-            run.set_tag("dlas.pruned", reason)
+            run.set_tag(schema.PRUNED_TAG, reason)
             log.info("stopped before deployment: %s", reason)
-            return metrics | {"pruned": 1.0}
+            return metrics | {schema.PRUNED: 1.0}
         if device is not None:
             metrics |= deploy_and_log(
                 cfg, device, point, compressed.program_path, compressed.model(), run

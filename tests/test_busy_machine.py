@@ -23,6 +23,8 @@ import pytest
 from conftest import ROOT, TINY_DEPLOY, runs
 from test_noise import busy_loop
 
+from dlas.tracking import schema
+
 # A network that compiles in seconds, so that timing starts soon after the entry point.
 TINY_NET = ["model=plain", "model.depth=1", "model.width=8", "model.stages=1"]
 HOG_S = 20
@@ -91,18 +93,7 @@ def deploy(tmp: Path, cache: str, *extra: str, hog: bool) -> tuple[int, object, 
     return code, run, text
 
 
-TIMING_METRICS = {
-    "latency_ms_median",
-    "torch_latency_ms",
-    "speedup_vs_torch",
-    "speedup_vs_torch_lo",
-    "speedup_vs_torch_hi",
-    "latency_cv",
-    "torch_latency_cv",
-    "cpu_load_before",
-    "cpu_load_during",
-    "measure_attempts",
-}
+TIMING_METRICS = set(schema.TIMING)
 
 
 @pytest.mark.e2e

@@ -16,6 +16,7 @@ from conftest import GPU, TINY_DEPLOY, compose, overrides, run_entry, runs
 from dlas.errors import UserError
 from dlas.models.export import export_model
 from dlas.stack import run_point
+from dlas.tracking import schema
 
 TINY = TINY_DEPLOY
 # Two stages of one residual block: a stride-2 conv (Winograd falls back on it) and a
@@ -23,16 +24,15 @@ TINY = TINY_DEPLOY
 # compile a model several times without asking for a zoo model.
 SMALL = [*TINY, "model=residual", "model.depth=1", "model.width=4", "model.stages=2"]
 LATENCY = {
-    "latency_ms_median",
-    "latency_ms_mean",
-    "latency_ms_std",
-    "latency_ms_p90",
-    "compile_s",
-    "tune_s",
-    "speedup_vs_torch",
-    "max_abs_err_vs_torch",
-    "compiled_top1",
-    "reference_top1",
+    *schema.TIMING,
+    schema.LATENCY_MS_MEAN,
+    schema.LATENCY_MS_STD,
+    schema.LATENCY_MS_P90,
+    schema.COMPILE_S,
+    schema.TUNE_S,
+    schema.MAX_ABS_ERR,
+    schema.COMPILED_TOP1,
+    schema.REFERENCE_TOP1,
 }
 
 
@@ -52,7 +52,7 @@ def test_default_point_compiles_verifies_and_times(workdir):
     assert metrics["latency_ms_median"] > 0 and metrics["speedup_vs_torch"] > 0
     (run,) = runs(workdir["uri"])
     assert run.info.status == "FINISHED"
-    assert {"batch_size", "tuning_trials", "compute_dtype"} <= set(run.data.params)
+    assert {schema.BATCH_SIZE, schema.TUNING_TRIALS, schema.COMPUTE_DTYPE} <= set(run.data.params)
     records = layers_of(run)
     assert records and all(r["algorithm"] == "direct" for r in records if r["op"] == "conv2d")
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from dlas.tracking import schema
 from dlas.tracking.store import setup_experiment
 
 
@@ -39,9 +40,9 @@ def log_report(
     ``metrics`` (point count, correlations) make reports comparable in the MLflow UI.
     """
     client = MlflowClient(tracking_uri=uri)
-    tags = {"dlas.entry": "report", "dlas.report_of": experiment}
+    tags = {schema.ENTRY: "report", schema.REPORT_OF: experiment}
     if sweep:
-        tags["dlas.sweep_id"] = sweep
+        tags[schema.SWEEP_ID] = sweep
     run = client.create_run(
         report_experiment(client, experiment),
         run_name=f"report-{report_name(experiment, sweep)}",

@@ -20,6 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from dlas.report.analysis import COMPILER_ORDER, correlation, order_key, spearman
+from dlas.tracking import schema
 
 EAGER = "pytorch"
 # Display order: from the plainest stack to the most connected. The names of
@@ -34,7 +35,7 @@ PATTERN_ORDER = (
     "dense",
 )
 # per-path quantity of the points frame -> suffix of its MLflow metric ``<compiler>/<suffix>``
-PATH_METRICS = {"latency_ms": "latency_ms_median", "speedup": "speedup_vs_torch"}
+PATH_METRICS = {"latency_ms": schema.LATENCY_MS, "speedup": schema.SPEEDUP}
 PATH_METRIC = re.compile(
     r"^metrics\.(?P<compiler>[^/]+)/(?P<metric>" + "|".join(PATH_METRICS.values()) + r")$"
 )

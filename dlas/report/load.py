@@ -22,48 +22,49 @@ from dlas.report.analysis import (
     top1_as_percent,
 )
 from dlas.report.form_function import path_metric_columns
+from dlas.tracking import schema
 from dlas.tracking.provenance import STAGES, preference
 from dlas.tracking.store import sqlite_path
 
-# plain column -> MLflow param / metric / tag name
+# plain column -> MLflow param / metric / tag name (dlas.tracking.schema)
 PARAMS = {
-    "dataset": "dataset",
-    "model": "model",
-    "compression": "compression",
-    "amount": "compression.amount",
-    "algorithm": "algorithm",
-    "data_format": "data_format",
-    "compiler": "compiler",
-    "hardware": "hardware",
-    "threads": "threads",
-    "depth": "model.depth",  # form-function patterns only: blocks per stage
-    "width": "model.width",  # form-function patterns only: channels of the first stage
+    "dataset": schema.DATASET,
+    "model": schema.MODEL,
+    "compression": schema.COMPRESSION,
+    "amount": schema.AMOUNT,
+    "algorithm": schema.ALGORITHM,
+    "data_format": schema.DATA_FORMAT,
+    "compiler": schema.COMPILER,
+    "hardware": schema.HARDWARE,
+    "threads": schema.THREADS,
+    "depth": schema.DEPTH,
+    "width": schema.WIDTH,
 }
 NUMERIC_PARAMS = ("amount", "threads", "depth", "width")
 METRICS = {
-    "top1": "top1",
-    "size_bytes": "size_bytes",
-    "params": "params",
-    "macs": "macs",
-    "param_bytes": "param_bytes",
-    "working_set_bytes": "working_set_bytes",
-    "llc_bytes": "llc_bytes",
-    "sparsity": "sparsity",
-    "latency_ms": "latency_ms_median",
-    "latency_ms_mean": "latency_ms_mean",
-    "latency_ms_p90": "latency_ms_p90",
-    "torch_latency_ms": "torch_latency_ms",
-    "speedup": "speedup_vs_torch",
-    "compile_s": "compile_s",
-    "tune_s": "tune_s",
-    "max_abs_err": "max_abs_err_vs_torch",
-    "compiled_top1": "compiled_top1",
+    "top1": schema.TOP1,
+    "size_bytes": schema.SIZE_BYTES,
+    "params": schema.PARAMS,
+    "macs": schema.MACS,
+    "param_bytes": schema.PARAM_BYTES,
+    "working_set_bytes": schema.WORKING_SET_BYTES,
+    "llc_bytes": schema.LLC_BYTES,
+    "sparsity": schema.SPARSITY,
+    "latency_ms": schema.LATENCY_MS,
+    "latency_ms_mean": schema.LATENCY_MS_MEAN,
+    "latency_ms_p90": schema.LATENCY_MS_P90,
+    "torch_latency_ms": schema.TORCH_LATENCY_MS,
+    "speedup": schema.SPEEDUP,
+    "compile_s": schema.COMPILE_S,
+    "tune_s": schema.TUNE_S,
+    "max_abs_err": schema.MAX_ABS_ERR,
+    "compiled_top1": schema.COMPILED_TOP1,
 }
 TAGS = {
-    "config_hash": "dlas.config_hash",
-    "sweep_id": "dlas.sweep_id",
-    "entry": "dlas.entry",
-    "run_name": "mlflow.runName",
+    "config_hash": schema.CONFIG_HASH,
+    "sweep_id": schema.SWEEP_ID,
+    "entry": schema.ENTRY,
+    "run_name": schema.RUN_NAME,
 }
 # which cache entries a run's numbers came from: picks the run to show (newest_per_config)
 PROVENANCE_TAGS = tuple(f"dlas.{stage}_{what}" for stage in STAGES for what in ("run", "written"))

@@ -11,6 +11,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from dlas.report.artifacts import report_experiment
+from dlas.tracking import schema
 
 
 def pareto_table(study: optuna.Study) -> pd.DataFrame:
@@ -57,7 +58,7 @@ def log_pareto(files: list[Path], uri: str, experiment: str, study: optuna.Study
     run = client.create_run(
         report_experiment(client, experiment),
         run_name=f"search-{study.study_name}",
-        tags={"dlas.entry": "search", "dlas.study": study.study_name},
+        tags={schema.ENTRY: "search", schema.STUDY: study.study_name},
     )
     for path in files:
         client.log_artifact(run.info.run_id, str(path))

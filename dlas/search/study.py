@@ -25,6 +25,7 @@ from hydra import compose
 from omegaconf import DictConfig
 
 from dlas.search.space import check_space, suggest_point
+from dlas.tracking import schema
 from dlas.tracking.store import sqlite_path
 
 log = logging.getLogger("dlas.search")
@@ -32,7 +33,14 @@ log = logging.getLogger("dlas.search")
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("nsga2", "tpe")
 ANSWERED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-POINT_METRICS = ("top1", "latency_ms_median", "size_bytes", "macs", "nonzero_macs", "params")
+POINT_METRICS = (
+    schema.TOP1,
+    schema.LATENCY_MS,
+    schema.SIZE_BYTES,
+    schema.MACS,
+    schema.NONZERO_MACS,
+    schema.PARAMS,
+)
 
 
 def check_search(cfg: DictConfig) -> None:
@@ -51,8 +59,8 @@ def check_search(cfg: DictConfig) -> None:
     for direction in s.directions:
         if direction not in DIRECTIONS:
             raise ValueError(f"search.directions: {direction!r} is not one of {DIRECTIONS}")
-    if not cfg.deploy and "latency_ms_median" in s.metrics:
-        raise ValueError("search.metrics asks for latency_ms_median but deploy=false")
+    if not cfg.deploy and schema.LATENCY_MS in s.metrics:
+        raise ValueError(f"search.metrics asks for {schema.LATENCY_MS} but deploy=false")
     if s.sampler not in SAMPLERS:
         raise ValueError(f"search.sampler={s.sampler!r}; valid choices: {', '.join(SAMPLERS)}")
     if s.n_trials < 1:
@@ -123,10 +131,11 @@ def gate(constraints: Any):
 
     def check(metrics: dict[str, float]) -> str | None:
         top1, size = constraints.min_top1, constraints.max_size_bytes
-        if top1 is not None and metrics["top1"] < top1:
-            return f"top1 {metrics['top1']:.2f} < search.constraints.min_top1 {top1}"
-        if size is not None and metrics["size_bytes"] > size:
-            return f"size_bytes {metrics['size_bytes']:.0f} > max_size_bytes {size:.0f}"
+        got_top1, got_size = metrics[schema.TOP1], metrics[schema.SIZE_BYTES]
+        if top1 is not None and got_top1 < top1:
+            return f"top1 {got_top1:.2f} < search.constraints.min_top1 {top1}"
+        if size is not None and got_size > size:
+            return f"size_bytes {got_size:.0f} > max_size_bytes {size:.0f}"
         return None
 
     return check
@@ -151,7 +160,7 @@ class Objective:
         trial.set_user_attr("overrides", point)
         trial.set_user_attr("worker", self.worker)
         log.info("trial %d: %s", trial.number, " ".join(point))
-        tags = {"dlas.study": s.study_name, "dlas.trial": str(trial.number)}
+        tags = {schema.STUDY: s.study_name, schema.TRIAL: str(trial.number)}
         try:
             point_cfg = compose(config_name="config", overrides=overrides)
             metrics = run_point(point_cfg, tags=tags, gate=gate(s.constraints))
@@ -160,13 +169,13 @@ class Objective:
             raise
         finally:
             last = last_run()
-            if last is not None and last.tags.get("dlas.trial") == str(trial.number):
+            if last is not None and last.tags.get(schema.TRIAL) == str(trial.number):
                 trial.set_user_attr("run_id", last.run_id)
-        if metrics.get("pruned"):
+        if metrics.get(schema.PRUNED):
             raise optuna.TrialPruned("constraint violated before deployment")
         limit = s.constraints.max_latency_ms
         if limit is not None:
-            trial.set_user_attr("constraints", [metrics["latency_ms_median"] - limit])
+            trial.set_user_attr("constraints", [metrics[schema.LATENCY_MS] - limit])
         return tuple(float(metrics[m]) for m in s.metrics)
 
 

@@ -32,6 +32,7 @@ from mlflow.entities import Run
 from omegaconf import DictConfig
 
 from dlas.identity import point_key
+from dlas.tracking import schema
 from dlas.tracking.provenance import preference
 
 log = logging.getLogger("dlas.tracking")
@@ -51,7 +52,7 @@ class Sweep:
 
     def tags(self) -> dict[str, str]:
         return {
-            "dlas.sweep_id": self.id,
+            schema.SWEEP_ID: self.id,
             "dlas.sweep": self.spec[:5000],
             "dlas.sweep_dir": self.dir,
             self.member_tag: "true",
