@@ -147,6 +147,8 @@ class Deployment:
     artifact: Path
     tags: dict[str, str] = field(default_factory=dict)  # dlas.noisy when the timing was
     timing: dict[str, Any] = field(default_factory=dict)  # latencies.json: the raw samples
+    #: pipeline.json: each compiler with a pass pipeline -> its steps as they ran, timed
+    pipelines: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def launch_reference(inputs: Inputs, device: Device, cores: Sequence[int]) -> Worker:
@@ -336,4 +338,5 @@ def deploy(
         metrics[schema.UNTUNED_END_TO_END_MS] = main.end_to_end["untuned_ms"]
     tags = {} if timing.noisy is None else {schema.NOISY: timing.noisy}
     record = timing.record(m.number, cores)
-    return Deployment(metrics, params, main.layers, main.artifact, tags, record)
+    pipelines = {c: r.pipeline for c, r in results.items() if r.pipeline is not None}
+    return Deployment(metrics, params, main.layers, main.artifact, tags, record, pipelines)

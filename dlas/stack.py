@@ -254,6 +254,8 @@ def deploy_and_log(
         run.log_metrics(result.metrics | footprint)
         run.log_dict({"layers": result.layers}, "layers.json")
         run.log_dict(result.timing, "latencies.json")
+        if result.pipelines:
+            run.log_dict(result.pipelines, "pipeline.json")
         run.log_artifact(result.artifact, "compiled")
     return result.metrics | footprint
 

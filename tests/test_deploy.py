@@ -56,7 +56,17 @@ def test_default_point_compiles_verifies_and_times(workdir):
     records = layers_of(run)
     assert records and all(r["algorithm"] == "direct" for r in records if r["op"] == "conv2d")
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-    assert {"compiled", "model", "layers.json", "latencies.json"} <= artifacts
+    assert {"compiled", "model", "layers.json", "latencies.json", "pipeline.json"} <= artifacts
+    steps = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path="pipeline.json"
+            )
+        ).read_text()
+    )["tvm_untuned"]
+    names = [s["step"] for s in steps]
+    assert names[0] == "import_exported_program" and "layer4_algorithms" in names
+    assert "default_schedules" in names and names[-1] == "build_library_llvm"
     path = mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, artifact_path="latencies.json"
     )

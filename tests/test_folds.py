@@ -106,6 +106,15 @@ def test_folded_model_computes_what_pytorch_computes(tmp_path, pool_input: int) 
     device = get_device("cpu", threads=1)
     built = tvm_relax.build(torch.export.export(model, (x,)), x, device, algorithm, tmp_path)
     assert {"fold_conv_bias_into_batchnorm", "fold_replicated_linear"} <= set(built.pipeline)
+    # the record is what ran (pipeline.json): each step timed, with the TVM passes the
+    # instrumentation saw inside it
+    assert [s["step"] for s in built.steps] == built.pipeline
+    assert built.pipeline[0] == "import_exported_program"
+    assert built.pipeline[-1] == "build_library_llvm"
+    passes = {s["step"]: [p["pass"] for p in s["tvm_passes"]] for s in built.steps}
+    assert passes["legalize"] == ["LegalizeOps"] and passes["fuse_ops"] == ["FuseOps"]
+    assert passes["build_library_llvm"]  # tvm.compile's own lowering, pass by pass
+    assert all(s["s"] >= sum(p["s"] for p in s["tvm_passes"]) for s in built.steps)
     outputs, _ = verify_and_time_tvm(
         str(built.library), [x.numpy()], x.numpy(), device, warmup=0, repeat=1, number=1
     )

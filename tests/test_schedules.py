@@ -24,6 +24,7 @@ from dlas.compiler.default_schedule import (  # noqa: E402
     narrow_indices,
     schedule_kernel,
 )
+from dlas.compiler.pipeline import PipelineLog  # noqa: E402
 
 AVX512 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}
 AVX2 = {"kind": "llvm", "mcpu": "x86-64-v3", "num-cores": 2}
@@ -87,10 +88,8 @@ def lowered(
                     m.weight.mul_(torch.rand_like(m.weight) > 0.8)
     mod, dtype = tvm_relax.to_relax(torch.export.export(model, (x,)), x)
     with target:
-        mod = tvm_relax._run(
-            tvm_relax.passes(tvm_relax._Algorithms(algorithm_cfg(name, data_format)), dtype),
-            mod,
-            True,
+        mod = PipelineLog(quiet=True).run(
+            tvm_relax.passes(tvm_relax._Algorithms(algorithm_cfg(name, data_format)), dtype), mod
         )
     return mod, model
 
@@ -169,8 +168,8 @@ def epilogue_module(algorithm: str, x: torch.Tensor, target: tvm.target.Target):
         model.bn.weight.uniform_(0.5, 1.5)
     mod, dtype = tvm_relax.to_relax(torch.export.export(model, (x,)), x)
     with target:
-        mod = tvm_relax._run(
-            tvm_relax.passes(tvm_relax._Algorithms(algorithm_cfg(algorithm)), dtype), mod, True
+        mod = PipelineLog(quiet=True).run(
+            tvm_relax.passes(tvm_relax._Algorithms(algorithm_cfg(algorithm)), dtype), mod
         )
         scheduled = default_schedules(target)(mod)
     return scheduled, model
@@ -315,10 +314,8 @@ def test_spatial_pack_fills_the_register_file(
     target = tvm.target.Target(spec)
     mod, dtype = tvm_relax.to_relax(torch.export.export(model, (x,)), x)
     with target:
-        mod = tvm_relax._run(
-            tvm_relax.passes(tvm_relax._Algorithms(algorithm_cfg("spatial_pack")), dtype),
-            mod,
-            True,
+        mod = PipelineLog(quiet=True).run(
+            tvm_relax.passes(tvm_relax._Algorithms(algorithm_cfg("spatial_pack")), dtype), mod
         )
         scheduled = default_schedules(target)(mod)
     (func,) = [
@@ -382,7 +379,7 @@ def test_schedule_none_keeps_the_plain_loop_nests(tmp_path: Path) -> None:
     )
     default = tvm_relax.build(program, x, device, algorithm_cfg("direct"), tmp_path / "b")
     assert "default_schedules" not in plain.pipeline
-    assert default.pipeline[-1] == "default_schedules"
+    assert default.pipeline[-2:] == ["default_schedules", "build_library_llvm"]
     assert SCHEDULES == ("default", "none")
     with pytest.raises(ValueError, match="compiler.schedule 'tuned'.*default, none"):
         check_schedule("tuned")
@@ -447,7 +444,9 @@ def test_tuning_measures_the_default_first_and_never_loses_to_it(
     # the whole model, tuned vs untuned, timed end to end: the faster program is kept
     decided = fresh.info["end_to_end"]
     assert decided["kept"] in ("tuned", "untuned") and decided["untuned_ms"] > 0
-    assert (decided["kept"] == "tuned") == (decided["tuned_ms"] < decided["untuned_ms"])
+    # (untuned only when faster by more than the timing noise, KEEP_TUNED_WITHIN)
+    faster = decided["untuned_ms"] * (1 + tvm_relax.KEEP_TUNED_WITHIN) < decided["tuned_ms"]
+    assert (decided["kept"] == "untuned") == faster, decided
     assert "keep_faster_of_tuned_and_untuned" in fresh.pipeline
     again = tvm_relax.build(program, x, device, algorithm_cfg("direct"), tmp_path / "b", tuning)
     assert again.tune_s == 0.0  # re-applied, not re-tuned, and the decision not re-timed

@@ -58,6 +58,8 @@ class Compiled:
     worker: Worker | None = None
     #: a tuning compiler: the whole model timed tuned and untuned, and which was kept
     end_to_end: dict[str, Any] | None = None
+    #: a compiler with a pass pipeline: its steps as they ran, timed (``pipeline.json``)
+    pipeline: list[dict[str, Any]] | None = None
 
 
 class Compiler(ABC):

@@ -109,6 +109,7 @@ class TvmCompiler(Compiler):
             built.library,
             worker,
             built.info.get("end_to_end"),
+            built.steps,
         )
 
 

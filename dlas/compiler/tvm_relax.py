@@ -52,6 +52,7 @@ from tvm import relax
 from dlas.algorithms import BEST, Algorithm
 from dlas.compiler import folds
 from dlas.compiler.fast_tvmscript import install as install_fast_tvmscript
+from dlas.compiler.pipeline import PipelineLog
 from dlas.compiler.tvm_compilers import TUNED_OPS
 from dlas.hardware import Device
 from dlas.identity import tuning_key
@@ -88,8 +89,9 @@ class TvmBuild:
     compile_s: float
     tune_s: float
     layers: list[dict[str, Any]]
-    pipeline: list[str]
+    pipeline: list[str]  # the steps that ran, in order (dlas.compiler.pipeline)
     info: dict[str, Any] = field(default_factory=dict)
+    steps: list[dict[str, Any]] = field(default_factory=list)  # pipeline.json: with times
 
 
 def to_relax(
@@ -194,16 +196,6 @@ def kernel_passes(algorithms: _Algorithms) -> list[tuple[str, tvm.transform.Pass
     if not algorithms.plain_layouts:
         steps.append(("narrow_indices", narrow_indices()))
     return steps
-
-
-def _run(
-    steps: list[tuple[str, tvm.transform.Pass]], mod: tvm.IRModule, quiet: bool = False
-) -> tvm.IRModule:
-    for i, (name, step) in enumerate(steps, 1):
-        if not quiet:
-            log.info("tvm pipeline %d/%d: %s", i, len(steps), name)
-        mod = step(mod)
-    return mod
 
 
 def workload_hash(mods: list[tvm.IRModule]) -> list[int]:
@@ -397,7 +389,7 @@ def _choose_per_layer(
     def lower(name: str) -> tuple[tvm.IRModule, list[dict]]:
         algorithms = _Algorithms(cfg, name=name, schedule=tuning.schedule)
         with device.compile_target:
-            lowered = _run(kernel_passes(algorithms), mod, quiet=True)
+            lowered = PipelineLog(quiet=True).run(kernel_passes(algorithms), mod)
         return lowered, algorithms.records
 
     log.info("algorithm=best: lowering with each of %s", ", ".join(cfg.candidates))
@@ -528,12 +520,12 @@ def build(
     if tuning is not None and tuning.schedule != schedule:
         tuning = replace(tuning, schedule=schedule)
     start = time.perf_counter()
-    mod, dtype = to_relax(program, example)
+    pipeline = PipelineLog()
+    with pipeline.step("import_exported_program"):
+        mod, dtype = to_relax(program, example)
     target = device.compile_target
-    graph = graph_passes(dtype)
     with target:
-        mod = _run(graph, mod)
-    names = [name for name, _ in graph]
+        mod = pipeline.run(graph_passes(dtype), mod)
     info: dict[str, Any] = {"dtype": dtype}
     tune_s, trials, database, untuned, compiled, decided = 0.0, 0, None, None, None, None
     chosen: list[str] = []
@@ -544,17 +536,15 @@ def build(
                 "algorithm=best chooses each layer's algorithm by its tuned time: it needs "
                 "compiler=tvm_autoschedule"
             )
-        chosen, costs, database = _choose_per_layer(mod, algorithm_cfg, device, tuning)
-        names.append("choose_algorithm_per_layer")
+        with pipeline.step("choose_algorithm_per_layer"):
+            chosen, costs, database = _choose_per_layer(mod, algorithm_cfg, device, tuning)
     algorithms = _Algorithms(algorithm_cfg, per_layer=chosen, schedule=schedule)
-    kernels = kernel_passes(algorithms)
     with target:
-        mod = _run(kernels, mod)
-    names += [name for name, _ in kernels]
+        mod = pipeline.run(kernel_passes(algorithms), mod)
     if tuning is not None:
         if database is None:
-            database = tune([mod], device.target, tuning, device.threads)
-            names.append("metaschedule_tune")
+            with pipeline.step("metaschedule_tune"):
+                database = tune([mod], device.target, tuning, device.threads)
         tune_s, trials = database.tune_s, database.trials
         info["tuning_cost_s"] = database.cost_s
         info["tuning_dir"] = str(database.work_dir)  # its tasks.json: per-task costs
@@ -566,43 +556,45 @@ def build(
             from dlas.compiler.template_tuning import register_intrinsics
 
             register_intrinsics()  # the database's records may name any of them
-            with target, tvm.transform.PassContext(opt_level=3):
+            # the step inside the opt_level=3 context, so that its instrument sees the pass
+            opt3 = tvm.transform.PassContext(opt_level=3)
+            with target, opt3, pipeline.step("apply_tuning_database"):
                 mod = relax.transform.MetaScheduleApplyDatabase(str(database.work_dir))(mod)
-            names.append("apply_tuning_database")
         else:
-            names.append("untuned_was_faster_end_to_end")
+            with pipeline.step("untuned_was_faster_end_to_end"):
+                pass  # the stored decision: the database is not applied
     if schedule == "default":
-        with target:
+        with pipeline.step("default_schedules"), target:
             mod = default_schedules(target)(mod)
-        names.append("default_schedules")
-        if untuned is not None:
-            with target:
+            if untuned is not None:
                 untuned = default_schedules(target)(untuned)
+        if untuned is not None:
             assert database is not None
-            mod, decided, guard_s, compiled = keep_faster(
-                mod, untuned, target, example, device, out_dir, database.work_dir, trials
-            )
+            with pipeline.step("keep_faster_of_tuned_and_untuned"):
+                mod, decided, guard_s, compiled = keep_faster(
+                    mod, untuned, target, example, device, out_dir, database.work_dir, trials
+                )
             tune_s += guard_s  # part of tuning; a re-applied database pays nothing
-            names.append("keep_faster_of_tuned_and_untuned")
     if decided is not None:  # stored, or measured just now
         info["end_to_end"] = decided
     if chosen:
         convs = (r for r in algorithms.records if r["op"] == "conv2d")
         for record, candidate_ms in zip(convs, costs, strict=True):
             record["candidate_ms"] = candidate_ms
-    log.info("tvm: building the library for %s", target.kind.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     library = out_dir / "model.so"
-    if compiled is not None:  # the end-to-end check compiled the winner already
-        compiled.replace(library)
-    else:
-        tvm.compile(mod, target=target).export_library(str(library))
+    with pipeline.step(f"build_library_{target.kind.name}"):
+        if compiled is not None:  # the end-to-end check compiled the winner already
+            compiled.replace(library)
+        else:
+            tvm.compile(mod, target=target).export_library(str(library))
     compile_s = time.perf_counter() - start - tune_s
     return TvmBuild(
         library,
         compile_s,
         tune_s,
         algorithms.records,
-        names,
+        pipeline.names(),
         info | {"tuning_trials": trials},
+        pipeline.as_list(),
     )
