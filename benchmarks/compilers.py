@@ -36,6 +36,7 @@ from timing import time_baseline, time_tvm
 
 from dlas.algorithms import BEST, CHOICES, Algorithm
 from dlas.compiler import tvm_relax
+from dlas.compiler.measure import Protocol
 from dlas.deployment import VerificationError, disagreement
 from dlas.hardware import get_device, host_cpu
 from dlas.hardware.cores import computing
@@ -78,7 +79,7 @@ def zoo_point(
 def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, float]:
     program, x, path, expected = zoo_point(name, args.stem, work)
     device = get_device("cpu", threads=args.threads)
-    protocol = {"warmup": args.warmup, "repeat": args.repeat, "number": args.number}
+    protocol = Protocol(args.warmup, args.repeat, args.number)
     row: dict[str, float] = {}
 
     def check(compiler: str, output: np.ndarray) -> None:

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from dlas.compiler.baselines import verify_and_time_baseline
-from dlas.compiler.measure import measure_in_subprocess, verify_and_time_tvm
+from dlas.compiler.measure import Protocol, measure_in_subprocess, verify_and_time_tvm
 
 
 def time_baseline(
-    kind: str, path: Path, x: np.ndarray, device: Any, protocol: dict, label: str
+    kind: str, path: Path, x: np.ndarray, device: Any, protocol: Protocol, label: str
 ) -> tuple[np.ndarray, float]:
     """(output on ``x``, median ms) of a framework (``pytorch``, ``onnxruntime``, ...)
     running the exported program at ``path``."""
@@ -25,17 +25,17 @@ def time_baseline(
         x,
         x,
         threads=device.threads,
-        **protocol,
+        protocol=protocol,
         label=label,
     )
     return np.asarray(output), lat.median_ms
 
 
 def time_tvm(
-    library: Path, x: np.ndarray, device: Any, protocol: dict, label: str
+    library: Path, x: np.ndarray, device: Any, protocol: Protocol, label: str
 ) -> tuple[np.ndarray, float]:
     """(first output on ``x``, median ms) of a compiled TVM library."""
     outputs, lat = measure_in_subprocess(
-        verify_and_time_tvm, str(library), [x], x, device, **protocol, label=label
+        verify_and_time_tvm, str(library), [x], x, device, protocol, label=label
     )
     return np.asarray(outputs[0]), lat.median_ms

@@ -43,6 +43,7 @@ from timing import time_baseline, time_tvm
 
 from dlas.algorithms import ALGORITHMS, DATA_FORMATS, Algorithm
 from dlas.compiler import tvm_relax
+from dlas.compiler.measure import Protocol
 from dlas.deployment import VerificationError, disagreement
 from dlas.hardware import get_device
 from dlas.hardware.cores import computing
@@ -86,7 +87,7 @@ def compressed(
 def time_row(name: str, compression: str, algorithm: str, data_format: str, args, work: Path):
     program, x, path, expected, macs, dtype = compressed(name, args.stem, compression, work)
     device = get_device("cpu", threads=args.threads)
-    protocol = {"warmup": args.warmup, "repeat": args.repeat, "number": args.number}
+    protocol = Protocol(args.warmup, args.repeat, args.number)
     row: dict[str, Any] = {"macs": macs["macs"], "nonzero_macs": macs.get("nonzero_macs")}
 
     def check(column: str, output: np.ndarray) -> None:
@@ -134,7 +135,7 @@ def time_row(name: str, compression: str, algorithm: str, data_format: str, args
     return row
 
 
-def tvm_timer(library: Path, x: torch.Tensor, device: Any, protocol: dict, label: str):
+def tvm_timer(library: Path, x: torch.Tensor, device: Any, protocol: Protocol, label: str):
     return lambda: time_tvm(library, x.numpy(), device, protocol, label)
 
 

@@ -26,6 +26,7 @@ from timing import time_baseline, time_tvm
 
 from dlas.algorithms import ALGORITHMS, Algorithm
 from dlas.compiler import tvm_relax
+from dlas.compiler.measure import Protocol
 from dlas.deployment import VerificationError, disagreement
 from dlas.hardware import get_device
 from dlas.hardware.cores import computing
@@ -35,7 +36,7 @@ from dlas.models import ZOO
 def time_point(name: str, stem: str, algorithms: list[str], args, work: Path) -> dict:
     program, x, path, expected = zoo_point(name, stem, work)
     device = get_device("cpu", threads=args.threads)
-    protocol = {"warmup": args.warmup, "repeat": args.repeat, "number": args.number}
+    protocol = Protocol(args.warmup, args.repeat, args.number)
     _, eager_ms = time_baseline("pytorch", path, x.numpy(), device, protocol, f"{name} eager")
     row: dict = {"pytorch": eager_ms}
     for algorithm in algorithms:

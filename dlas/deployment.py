@@ -51,7 +51,7 @@ from dlas.compiler import (
     get_compiler,
 )
 from dlas.compiler.baselines import open_baseline
-from dlas.compiler.measure import Worker
+from dlas.compiler.measure import Protocol, Worker
 from dlas.compiler.noise import NoisePolicy
 from dlas.compiler.rounds import Timing, time_paired
 from dlas.errors import build
@@ -116,6 +116,7 @@ def check_measure(m: Any) -> NoisePolicy:
     for key in ("load_probe_s", "retry_wait_s"):
         if m[key] < 0:
             raise ValueError(f"measure.{key}={m[key]} must be >= 0")
+    Protocol.from_config(m)  # warmup >= 0, repeat >= 1, number >= 1
     return NoisePolicy.from_config(m).check()
 
 
@@ -225,7 +226,7 @@ def verify(
     }
 
 
-def deploy(
+def compile_verify_and_time(
     cfg: Any,
     device: Device,
     program: torch.export.ExportedProgram,
@@ -296,9 +297,7 @@ def deploy(
                 timed,
                 "pytorch",
                 cores=cores,
-                warmup=m.warmup,
-                repeat=m.repeat,
-                number=m.number,
+                protocol=Protocol.from_config(m),
                 rounds=m.rounds,
                 policy=NoisePolicy.from_config(m),
                 probe_s=m.load_probe_s,

@@ -136,7 +136,7 @@ def run_params(point: Point, threads: int) -> dict[str, Any]:
     return params
 
 
-def _measure(
+def _accuracy_and_macs(
     model: nn.Module, trainer: Trainer, data: ImageClassificationData, input_dtype: torch.dtype
 ) -> dict[str, float]:
     example = data.example_batch(1)[0].to(input_dtype)
@@ -167,7 +167,7 @@ def _train(point: Point, trainer: Trainer, cache: StageCache, key: str) -> Entry
     train_s = time.perf_counter() - start
     meta = {
         "train_s": train_s,
-        **_measure(model, trainer, point.data, torch.float32),
+        **_accuracy_and_macs(model, trainer, point.data, torch.float32),
         **structure(model),
     }
     return cache.save("train", key, meta=meta, model=model, run_id=_run_id(trainer))
@@ -198,7 +198,7 @@ def _compress(
     program = export_model(model, point.data.example_batch(2)[0].to(dtype))
     meta = {
         "compress_s": compress_s,
-        **_measure(model, trainer, point.data, dtype),
+        **_accuracy_and_macs(model, trainer, point.data, dtype),
         **structure(parent if graph_only else model),
         "report": point.compression.report,
     }
@@ -220,7 +220,7 @@ def entry_tags(cache: StageCache, **entries: Entry) -> dict[str, str]:
     return tags
 
 
-def deploy_and_log(
+def layers_4_to_6(
     cfg: DictConfig,
     device: Any,
     point: Point,
@@ -229,7 +229,7 @@ def deploy_and_log(
     run: TrackedRun,
 ) -> dict[str, float]:
     """Layers 4-6 on a compressed model, logged into ``run``."""
-    from dlas.deployment import deploy
+    from dlas.deployment import compile_verify_and_time
     from dlas.hardware import last_level_cache_bytes
 
     program = load_program(program_path)
@@ -237,7 +237,7 @@ def deploy_and_log(
     footprint = memory_footprint(program, point.data.example_batch(1)[0].to(input_dtype))
     footprint[schema.LLC_BYTES] = last_level_cache_bytes()
     with tempfile.TemporaryDirectory(prefix="dlas-deploy-") as tmp:
-        result = deploy(
+        result = compile_verify_and_time(
             cfg,
             device,
             program,
@@ -438,7 +438,7 @@ def _run_point(
             log.info("stopped before deployment: %s", reason)
             return metrics | {schema.PRUNED: 1.0}
         if device is not None:
-            metrics |= deploy_and_log(
+            metrics |= layers_4_to_6(
                 cfg, device, point, compressed.program_path, compressed.model(), run
             )
     return metrics
@@ -509,10 +509,10 @@ def deploy_source(
 def deploy_point(cfg: DictConfig) -> dict[str, float]:
     """Layers 4-6 alone, on the compressed model of the same upstream layers (stage
     cache) or of ``model_uri``; never trains. Logs a run with the train.py schema."""
-    return resumable(cfg, "deploy", _deploy_point, systems=True)
+    return resumable(cfg, "deploy", _deploy_compressed_model, systems=True)
 
 
-def _deploy_point(cfg: DictConfig, point: Point, device: Any) -> dict[str, float]:
+def _deploy_compressed_model(cfg: DictConfig, point: Point, device: Any) -> dict[str, float]:
     program_path, meta, reference, source_tags = deploy_source(cfg, stage_keys(point)["compress"])
     with point_run(cfg, point, "deploy", source_tags) as started:
         run = started.run
@@ -521,16 +521,16 @@ def _deploy_point(cfg: DictConfig, point: Point, device: Any) -> dict[str, float
                 {
                     k: meta[k]
                     for k in (
-                        "top1",
-                        "top5",
-                        "params",
-                        "nonzero_params",
-                        "macs",
-                        "nonzero_macs",
-                        "sparsity",
+                        schema.TOP1,
+                        schema.TOP5,
+                        schema.PARAMS,
+                        schema.NONZERO_PARAMS,
+                        schema.MACS,
+                        schema.NONZERO_MACS,
+                        schema.SPARSITY,
                     )
                     if k in meta
                 }
-                | {"size_bytes": program_path.stat().st_size}
+                | {schema.SIZE_BYTES: program_path.stat().st_size}
             )
-        return deploy_and_log(cfg, device, point, program_path, reference, run)
+        return layers_4_to_6(cfg, device, point, program_path, reference, run)

@@ -309,9 +309,9 @@ def _open(program_path, static_path, inputs, example, threads):
         run = _channels_last(static_path, example)
         run()
 
-    def timer(warmup, repeat, number):
+    def timer(protocol):
         with torch.inference_mode():
-            return sample_callable(run, warmup=warmup, repeat=repeat, number=number)
+            return sample_callable(run, protocol)
 
     return Loaded(outputs, timer, time.perf_counter() - started, resolved)
 

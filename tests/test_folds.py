@@ -12,7 +12,7 @@ from torch import nn
 from tvm import relax
 
 from dlas.compiler import tvm_relax
-from dlas.compiler.measure import verify_and_time_tvm
+from dlas.compiler.measure import Protocol, verify_and_time_tvm
 from dlas.hardware import get_device
 
 
@@ -116,7 +116,7 @@ def test_folded_model_computes_what_pytorch_computes(tmp_path, pool_input: int) 
     assert passes["build_library_llvm"]  # tvm.compile's own lowering, pass by pass
     assert all(s["s"] >= sum(p["s"] for p in s["tvm_passes"]) for s in built.steps)
     outputs, _ = verify_and_time_tvm(
-        str(built.library), [x.numpy()], x.numpy(), device, warmup=0, repeat=1, number=1
+        str(built.library), [x.numpy()], x.numpy(), device, Protocol(0, 1, 1)
     )
     with torch.no_grad():
         expected = model(x).numpy()
@@ -184,7 +184,7 @@ def _compiled_error(model: nn.Module, x: torch.Tensor, algorithm: str, tmp_path)
     built = tvm_relax.build(torch.export.export(model, (x,)), x, device, cfg, tmp_path)
     assert "crop_padding_only_taps" in built.pipeline
     outputs, _ = verify_and_time_tvm(
-        str(built.library), [x.numpy()], x.numpy(), device, warmup=0, repeat=1, number=1
+        str(built.library), [x.numpy()], x.numpy(), device, Protocol(0, 1, 1)
     )
     with torch.no_grad():
         return float(np.abs(outputs[0] - model(x).numpy()).max())

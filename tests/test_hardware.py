@@ -21,7 +21,7 @@ import tvm
 from omegaconf import OmegaConf
 from torch import nn
 
-from dlas.compiler.measure import Worker, open_tvm, run_tvm_module, time_tvm_module
+from dlas.compiler.measure import Protocol, Worker, open_tvm, run_tvm_module, time_tvm_module
 from dlas.compiler.rounds import run_rounds
 from dlas.hardware import (
     Device,
@@ -230,7 +230,7 @@ def test_rpc_round_trip_on_loopback(tmp_path) -> None:
         )
         assert remote.describe()["rpc"] == f"{key}@127.0.0.1:{rpc.port}"
         np.testing.assert_allclose(run_tvm_module(library, x.numpy(), remote), expected, atol=1e-6)
-        lat = time_tvm_module(library, x.numpy(), remote, warmup=1, repeat=3, number=2)
+        lat = time_tvm_module(library, x.numpy(), remote, Protocol(warmup=1, repeat=3, number=2))
         assert (lat.repeat, lat.number, lat.threads) == (3, 2, 1)
         assert all(s > 0 for s in lat.samples_ms)
         # Two TVM workers on one server (measure.compare with two TVM compilers): neither
@@ -239,7 +239,7 @@ def test_rpc_round_trip_on_loopback(tmp_path) -> None:
             for worker in (a, b):
                 (out,) = worker.start(open_tvm, library, [x.numpy()], x.numpy(), remote)
                 np.testing.assert_allclose(out, expected, atol=1e-6)
-            rounds = run_rounds({"a": a, "b": b}, warmup=0, repeat=4, number=1, rounds=2)
+            rounds = run_rounds({"a": a, "b": b}, Protocol(0, 4, 1), rounds=2)
         assert all(len(r) == 2 and min(r) > 0 for w in rounds.values() for r in w)
         with pytest.raises(HardwareUnavailableError, match="no RPC server with key 'other'"):
             get_device("rpc", host="127.0.0.1", port=rpc.port, key="other", timeout=1)

@@ -21,6 +21,7 @@ from dlas.compiler.baselines import BASELINES, run_baseline, time_baseline, time
 from dlas.compiler.measure import (
     Latency,
     MeasurementError,
+    Protocol,
     measure_in_subprocess,
     run_tvm_module,
     run_tvm_module_batches,
@@ -33,7 +34,9 @@ from dlas.compiler.measure import (
 
 
 def _child_pid_and_latency(calls: int) -> tuple[int, Latency]:
-    return os.getpid(), time_callable(lambda: sum(range(calls)), warmup=1, repeat=3, number=2)
+    return os.getpid(), time_callable(
+        lambda: sum(range(calls)), Protocol(warmup=1, repeat=3, number=2)
+    )
 
 
 def _segfault_by_signal() -> None:
@@ -83,7 +86,7 @@ def test_latency_needs_samples() -> None:
 
 def test_time_callable_follows_the_protocol() -> None:
     calls = []
-    lat = time_callable(lambda: calls.append(1), warmup=2, repeat=3, number=4)
+    lat = time_callable(lambda: calls.append(1), Protocol(warmup=2, repeat=3, number=4))
     assert len(calls) == 2 + 3 * 4
     assert (lat.repeat, lat.number, len(lat.samples_ms)) == (3, 4, 3)
     assert all(s >= 0 for s in lat.samples_ms)
@@ -91,9 +94,9 @@ def test_time_callable_follows_the_protocol() -> None:
 
 
 @pytest.mark.parametrize("protocol", [{"repeat": 0}, {"number": 0}, {"warmup": -1}])
-def test_time_callable_rejects_a_bad_protocol(protocol: dict[str, int]) -> None:
+def test_a_bad_protocol_is_rejected_when_made(protocol: dict[str, int]) -> None:
     with pytest.raises(ValueError, match="timing protocol"):
-        time_callable(lambda: None, **protocol)
+        Protocol(**protocol)
 
 
 # ------------------------------------------------------------------ one process per point
@@ -180,14 +183,14 @@ def test_baseline_outputs_match_pytorch(program, kind: str) -> None:
 @pytest.mark.parametrize("kind", ["pytorch", "onnxruntime"])
 def test_baselines_are_timed_with_the_protocol(program, kind: str) -> None:
     path, x, _ = program
-    lat = time_baseline(kind, path, x, threads=1, warmup=1, repeat=3, number=2)
+    lat = time_baseline(kind, path, x, threads=1, protocol=Protocol(1, 3, 2))
     assert (lat.repeat, lat.number, lat.threads) == (3, 2, 1)
     assert lat.setup_s >= 0 and all(s > 0 for s in lat.samples_ms)
 
 
 def test_torch_compile_is_timed_after_compiling(program) -> None:
     path, x, _ = program
-    lat = time_pytorch(path, x, mode="compile", threads=1, warmup=0, repeat=2, number=1)
+    lat = time_pytorch(path, x, mode="compile", threads=1, protocol=Protocol(0, 2, 1))
     assert (lat.repeat, lat.number) == (2, 1)
     assert lat.setup_s > 0  # the compile happened in an untimed warm-up run
 
@@ -229,7 +232,7 @@ def test_tvm_module_output_and_latency_locally(program, tvm_library: str) -> Non
     _, x, reference = program
     device = get_device("cpu", threads=1)
     np.testing.assert_allclose(run_tvm_module(tvm_library, x, device), reference, atol=1e-4)
-    lat = time_tvm_module(tvm_library, x, device, warmup=1, repeat=3, number=2)
+    lat = time_tvm_module(tvm_library, x, device, Protocol(1, 3, 2))
     assert (lat.repeat, lat.number, lat.threads) == (3, 2, 1)
     assert all(s > 0 for s in lat.samples_ms)
 
@@ -254,7 +257,7 @@ def test_tvm_module_measured_in_its_own_process(program, tvm_library: str) -> No
 
     device = get_device("cpu", threads=1)
     lat = measure_in_subprocess(
-        time_tvm_module, tvm_library, program[1], device, repeat=2, number=1, timeout=300
+        time_tvm_module, tvm_library, program[1], device, Protocol(repeat=2, number=1), timeout=300
     )
     assert (lat.repeat, lat.number, lat.threads) == (2, 1, 1)
 

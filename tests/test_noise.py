@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 
-from dlas.compiler.measure import Loaded, MeasurementError, Worker
+from dlas.compiler.measure import Loaded, MeasurementError, Protocol, Worker
 from dlas.compiler.noise import (
     NoisePolicy,
     NoisyMeasurementError,
@@ -132,15 +132,15 @@ class _Scripted:
         self.name, self.script, self.calls = name, iter(script), calls
         self.pid, self.threads, self.setup_s = os.getpid(), 1, 0.0
 
-    def time(self, warmup: int, repeat: int, number: int) -> list[float]:
+    def time(self, protocol: Protocol) -> list[float]:
         self.calls.append(self.name)
         samples = next(self.script)
-        assert len(samples) == repeat
+        assert len(samples) == protocol.repeat
         return samples
 
 
 # max_cpu_load=1: whatever else runs on this machine, only the scripted CVs decide.
-SCRIPTED = {"cores": [0], "warmup": 0, "repeat": 4, "number": 1, "rounds": 2, "probe_s": 0}
+SCRIPTED = {"cores": [0], "protocol": Protocol(0, 4, 1), "rounds": 2, "probe_s": 0}
 QUIET, NOISY = [1.0, 1.0], [1.0, 3.0]
 
 
@@ -151,7 +151,7 @@ def _workers(ref: list[list[float]], cmp: list[list[float]], calls: list[str]) -
 def test_rounds_alternate_and_flip_order() -> None:
     calls: list[str] = []
     workers = _workers([QUIET] * 3, [QUIET] * 3, calls)
-    samples = run_rounds(workers, warmup=0, repeat=6, number=1, rounds=3)
+    samples = run_rounds(workers, Protocol(warmup=0, repeat=6, number=1), rounds=3)
     assert calls == ["tvm", "pytorch", "pytorch", "tvm", "tvm", "pytorch"]
     assert samples["tvm"] == [QUIET] * 3
 
@@ -195,8 +195,8 @@ def test_strict_fails_naming_the_cv_and_the_threshold() -> None:
 # (module level, so the spawned child can import them by name)
 
 
-def _whoami(warmup: int, repeat: int, number: int) -> list[float]:
-    return [float(os.getpid())] * repeat
+def _whoami(protocol: Protocol) -> list[float]:
+    return [float(os.getpid())] * protocol.repeat
 
 
 def _open_whoami() -> Loaded:
@@ -218,7 +218,7 @@ def test_two_runtimes_alternate_between_two_pinned_processes() -> None:
             assert pid == worker.pid != os.getpid()
             assert masks and all(m == core for m in masks)  # every thread, not just one
             assert omp == "1" and worker.threads == 1
-        samples = run_rounds({"a": a, "b": b}, warmup=0, repeat=4, number=1, rounds=2)
+        samples = run_rounds({"a": a, "b": b}, Protocol(0, 4, 1), rounds=2)
     assert samples == {"a": [[a.pid] * 2] * 2, "b": [[b.pid] * 2] * 2}
 
 
@@ -229,13 +229,13 @@ def test_a_launched_worker_loads_while_this_process_goes_on() -> None:
         worker.launch(_open_whoami)
         assert worker.pid != os.getpid()  # spawned at launch, before anything waits for it
         pid, _, _ = worker.ready()
-        assert pid == worker.pid and worker.time(0, 2, 1) == [pid, pid]
+        assert pid == worker.pid and worker.time(Protocol(0, 2, 1)) == [pid, pid]
 
 
-def _crash_on_two(warmup: int, repeat: int, number: int) -> list[float]:
-    if repeat == 2:
+def _crash_on_two(protocol: Protocol) -> list[float]:
+    if protocol.repeat == 2:
         os.kill(os.getpid(), signal.SIGSEGV)
-    return [1.0] * repeat
+    return [1.0] * protocol.repeat
 
 
 def _open_crashy() -> Loaded:
@@ -245,11 +245,11 @@ def _open_crashy() -> Loaded:
 def test_a_worker_crashing_mid_rounds_fails_naming_it() -> None:
     with Worker("crashy conv", timeout=120) as worker:
         worker.start(_open_crashy)
-        assert worker.time(0, 1, 1) == [1.0]  # it serves round after round...
+        assert worker.time(Protocol(0, 1, 1)) == [1.0]  # it serves round after round...
         with pytest.raises(MeasurementError, match="crashy conv crashed.*SIGSEGV"):
-            worker.time(0, 2, 1)  # ...until its kernel faults
+            worker.time(Protocol(0, 2, 1))  # ...until its kernel faults
         with pytest.raises(MeasurementError, match="not running"):
-            worker.time(0, 1, 1)
+            worker.time(Protocol(0, 1, 1))
 
 
 # ------------------------------------------------------------------ other processes' load

@@ -103,7 +103,7 @@ def test_compiles_through_tvm_to_pytorch_numbers(pattern: str, tmp_path) -> None
     from omegaconf import OmegaConf
 
     from dlas.compiler import tvm_relax
-    from dlas.compiler.measure import verify_and_time_tvm
+    from dlas.compiler.measure import Protocol, verify_and_time_tvm
     from dlas.hardware import get_device
 
     model = build(pattern, 2, 4).eval()
@@ -119,7 +119,7 @@ def test_compiles_through_tvm_to_pytorch_numbers(pattern: str, tmp_path) -> None
     device = get_device("cpu", threads=1)
     built = tvm_relax.build(torch.export.export(model, (x,)), x, device, algorithm, tmp_path)
     outputs, _ = verify_and_time_tvm(
-        str(built.library), [x.numpy()], x.numpy(), device, warmup=0, repeat=1, number=1
+        str(built.library), [x.numpy()], x.numpy(), device, Protocol(0, 1, 1)
     )
     with torch.no_grad():
         expected = model(x).numpy()

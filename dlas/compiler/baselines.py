@@ -26,7 +26,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from dlas.compiler.base import COMPILERS, Compiled, Compiler, Inputs, register_compiler
-from dlas.compiler.measure import Latency, Loaded, Worker, sample_callable, time_callable
+from dlas.compiler.measure import (
+    DEFAULT_PROTOCOL,
+    Latency,
+    Loaded,
+    Protocol,
+    Timer,
+    Worker,
+    sample_callable,
+    time_callable,
+)
 from dlas.hardware.cores import exclusive
 from dlas.hardware.threads import set_threads
 
@@ -79,9 +88,7 @@ def time_pytorch(
     *,
     mode: str = "eager",
     threads: int = 0,
-    warmup: int = 1,
-    repeat: int = 10,
-    number: int = 5,
+    protocol: Protocol = DEFAULT_PROTOCOL,
 ) -> Latency:
     """Time the program in PyTorch, eager or ``torch.compile``d (then the first warm-up
     run compiles; its cost is in ``setup_s``, never in the samples; ``warmup`` is raised
@@ -92,16 +99,9 @@ def time_pytorch(
     resolved = set_threads(threads)
     runner = _torch_runner(str(program_path), input, mode)
     if mode == "compile":
-        warmup = max(warmup, 1)
+        protocol = protocol.but(warmup=max(protocol.warmup, 1))
     with torch.inference_mode():
-        latency = time_callable(
-            runner,
-            warmup=warmup,
-            repeat=repeat,
-            number=number,
-            what=f"pytorch {mode}",
-            threads=resolved,
-        )
+        latency = time_callable(runner, protocol, what=f"pytorch {mode}", threads=resolved)
     return dataclasses.replace(latency, setup_s=time.perf_counter() - started - _timed_s(latency))
 
 
@@ -158,9 +158,7 @@ def time_onnxruntime(
     input: np.ndarray,
     *,
     threads: int = 0,
-    warmup: int = 1,
-    repeat: int = 10,
-    number: int = 5,
+    protocol: Protocol = DEFAULT_PROTOCOL,
     onnx_path: str | os.PathLike | None = None,
 ) -> Latency:
     """Time the program in onnxruntime (CPU provider, ``intra_op_num_threads=threads``).
@@ -179,14 +177,7 @@ def time_onnxruntime(
             None if onnx_path is None else str(onnx_path),
             workdir,
         )
-        latency = time_callable(
-            runner,
-            warmup=warmup,
-            repeat=repeat,
-            number=number,
-            what="onnxruntime",
-            threads=resolved,
-        )
+        latency = time_callable(runner, protocol, what="onnxruntime", threads=resolved)
     return dataclasses.replace(latency, setup_s=time.perf_counter() - started - _timed_s(latency))
 
 
@@ -202,16 +193,12 @@ class Framework(Compiler):
         """The program's one output on ``x``."""
 
     @abstractmethod
-    def time(
-        self, program_path: str, x: np.ndarray, threads: int, warmup: int, repeat: int, number: int
-    ) -> Latency:
+    def time(self, program_path: str, x: np.ndarray, threads: int, protocol: Protocol) -> Latency:
         """The shared protocol's latency, in this process."""
 
     @abstractmethod
-    def timer(
-        self, static_path: str, example: np.ndarray, threads: int, workdir: str
-    ) -> Callable[[int, int, int], list[float]]:
-        """``(warmup, repeat, number) -> samples`` of the loaded static program."""
+    def timer(self, static_path: str, example: np.ndarray, threads: int, workdir: str) -> Timer:
+        """``protocol -> samples`` of the loaded static program."""
 
     def compile_and_open(
         self,
@@ -250,15 +237,10 @@ class PyTorch(Framework):
             output = _torch_runner(program_path, x, self.mode)()
         return _single_output(output, f"{program_path} in pytorch {self.mode}")
 
-    def time(
-        self, program_path: str, x: np.ndarray, threads: int, warmup: int, repeat: int, number: int
-    ) -> Latency:
-        protocol = {"threads": threads, "warmup": warmup, "repeat": repeat, "number": number}
-        return time_pytorch(program_path, x, mode=self.mode, **protocol)
+    def time(self, program_path: str, x: np.ndarray, threads: int, protocol: Protocol) -> Latency:
+        return time_pytorch(program_path, x, mode=self.mode, threads=threads, protocol=protocol)
 
-    def timer(
-        self, static_path: str, example: np.ndarray, threads: int, workdir: str
-    ) -> Callable[[int, int, int], list[float]]:
+    def timer(self, static_path: str, example: np.ndarray, threads: int, workdir: str) -> Timer:
         return functools.partial(_torch_samples, _torch_runner(static_path, example, self.mode))
 
 
@@ -278,15 +260,10 @@ class OnnxRuntime(Framework):
             outputs = _ort_runner(program_path, x, threads, None, workdir)()
         return _single_output(list(outputs), f"{program_path} in onnxruntime")
 
-    def time(
-        self, program_path: str, x: np.ndarray, threads: int, warmup: int, repeat: int, number: int
-    ) -> Latency:
-        protocol = {"threads": threads, "warmup": warmup, "repeat": repeat, "number": number}
-        return time_onnxruntime(program_path, x, **protocol)
+    def time(self, program_path: str, x: np.ndarray, threads: int, protocol: Protocol) -> Latency:
+        return time_onnxruntime(program_path, x, threads=threads, protocol=protocol)
 
-    def timer(
-        self, static_path: str, example: np.ndarray, threads: int, workdir: str
-    ) -> Callable[[int, int, int], list[float]]:
+    def timer(self, static_path: str, example: np.ndarray, threads: int, workdir: str) -> Timer:
         runner = _ort_runner(static_path, example, threads, None, workdir)
         return functools.partial(_plain_samples, runner)
 
@@ -312,12 +289,10 @@ def time_baseline(
     input: np.ndarray,
     *,
     threads: int = 0,
-    warmup: int = 1,
-    repeat: int = 10,
-    number: int = 5,
+    protocol: Protocol = DEFAULT_PROTOCOL,
 ) -> Latency:
     """Time one baseline by name (``pytorch``, ``torch_compile``, ``onnxruntime``, ...)."""
-    return framework(kind).time(str(program_path), input, threads, warmup, repeat, number)
+    return framework(kind).time(str(program_path), input, threads, protocol)
 
 
 def run_baseline(
@@ -337,28 +312,24 @@ def verify_and_time_baseline(
     example: np.ndarray,
     *,
     threads: int = 0,
-    warmup: int = 1,
-    repeat: int = 10,
-    number: int = 5,
+    protocol: Protocol = DEFAULT_PROTOCOL,
 ) -> tuple[np.ndarray, Latency]:
     """The framework's outputs on ``inputs`` (dynamic-batch program), then its latency on
     ``example`` (the static deployment program), in one child process."""
     outputs = run_baseline(kind, program_path, inputs, threads=threads)
-    latency = time_baseline(
-        kind, static_path, example, threads=threads, warmup=warmup, repeat=repeat, number=number
-    )
+    latency = time_baseline(kind, static_path, example, threads=threads, protocol=protocol)
     return outputs, latency
 
 
-def _torch_samples(runner: Callable[[], Any], warmup: int, repeat: int, number: int) -> list[float]:
+def _torch_samples(runner: Callable[[], Any], protocol: Protocol) -> list[float]:
     import torch
 
     with torch.inference_mode():
-        return sample_callable(runner, warmup=warmup, repeat=repeat, number=number)
+        return sample_callable(runner, protocol)
 
 
-def _plain_samples(runner: Callable[[], Any], warmup: int, repeat: int, number: int) -> list[float]:
-    return sample_callable(runner, warmup=warmup, repeat=repeat, number=number)
+def _plain_samples(runner: Callable[[], Any], protocol: Protocol) -> list[float]:
+    return sample_callable(runner, protocol)
 
 
 def open_baseline(
@@ -383,5 +354,5 @@ def open_baseline(
     resolved = set_threads(threads)
     workdir = tempfile.TemporaryDirectory(prefix="dlas-onnx-")
     timer = chosen.timer(str(static_path), example, resolved, workdir.name)
-    timer(1, 0, 1)  # the first, untimed run
+    timer(Protocol(warmup=0, repeat=1, number=1))  # the first run (its sample dropped)
     return Loaded(outputs, timer, time.perf_counter() - started, resolved, workdir.cleanup)

@@ -27,7 +27,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -103,12 +103,37 @@ class Latency:
         )
 
 
-def _check_protocol(warmup: int, repeat: int, number: int) -> None:
-    if warmup < 0 or repeat < 1 or number < 1:
-        raise ValueError(
-            f"timing protocol needs warmup >= 0, repeat >= 1, number >= 1; "
-            f"got warmup={warmup}, repeat={repeat}, number={number}"
-        )
+@dataclass(frozen=True)
+class Protocol:
+    """One round of the timing protocol: ``warmup`` untimed runs, then ``repeat``
+    samples, each the mean of ``number`` back-to-back runs. Checked when made, so a
+    worker never receives a protocol it cannot run."""
+
+    warmup: int = 1
+    repeat: int = 10
+    number: int = 5
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.repeat < 1 or self.number < 1:
+            raise ValueError(
+                f"timing protocol needs warmup >= 0, repeat >= 1, number >= 1; "
+                f"got warmup={self.warmup}, repeat={self.repeat}, number={self.number}"
+            )
+
+    @classmethod
+    def from_config(cls, m: Any) -> Protocol:
+        """The ``measure`` group's protocol."""
+        return cls(int(m.warmup), int(m.repeat), int(m.number))
+
+    def but(self, **changes: int) -> Protocol:
+        """This protocol with some of its values changed (checked again)."""
+        return replace(self, **changes)
+
+
+#: the measure group's defaults (conf/config.yaml may say otherwise)
+DEFAULT_PROTOCOL = Protocol()
+#: two builds of one model timed in turn: more warm-up, longer samples
+AB_PROTOCOL = Protocol(warmup=2, repeat=5, number=10)
 
 
 class _Progress:
@@ -129,10 +154,8 @@ class _Progress:
 
 def time_callable(
     fn: Callable[[], Any],
+    protocol: Protocol = DEFAULT_PROTOCOL,
     *,
-    warmup: int = 1,
-    repeat: int = 10,
-    number: int = 5,
     what: str | None = None,
     threads: int = 0,
 ) -> Latency:
@@ -141,37 +164,36 @@ def time_callable(
     ``fn`` must finish its work before returning (synchronise a GPU inside it). ``what``
     names the point in progress lines; ``threads`` is recorded in the result.
     """
-    _check_protocol(warmup, repeat, number)
     started = time.perf_counter()
-    for _ in range(warmup):
+    for _ in range(protocol.warmup):
         fn()
     setup_s = time.perf_counter() - started
-    samples = sample_callable(fn, warmup=0, repeat=repeat, number=number, what=what)
-    return Latency.from_samples(samples, number=number, threads=threads, setup_s=setup_s)
+    samples = sample_callable(fn, protocol.but(warmup=0), what=what)
+    return Latency.from_samples(samples, number=protocol.number, threads=threads, setup_s=setup_s)
 
 
 def sample_callable(
-    fn: Callable[[], Any], *, warmup: int, repeat: int, number: int, what: str | None = None
+    fn: Callable[[], Any], protocol: Protocol, *, what: str | None = None
 ) -> list[float]:
     """``warmup`` untimed calls, then ``repeat`` samples in ms, each the mean of ``number``
     back-to-back calls: one round of the protocol, as a :data:`Timer` runs it."""
-    for _ in range(warmup):
+    for _ in range(protocol.warmup):
         fn()
-    progress = _Progress(what, repeat)
+    progress = _Progress(what, protocol.repeat)
     samples: list[float] = []
-    for i in range(repeat):
+    for i in range(protocol.repeat):
         t0 = time.perf_counter()
-        for _ in range(number):
+        for _ in range(protocol.number):
             fn()
-        samples.append((time.perf_counter() - t0) * 1e3 / number)
+        samples.append((time.perf_counter() - t0) * 1e3 / protocol.number)
         progress(i + 1)
     return samples
 
 
 # ----------------------------------------------------------------- one process per point
 
-#: One round of timing in a worker: ``timer(warmup, repeat, number)`` -> samples in ms.
-Timer = Callable[[int, int, int], list[float]]
+#: One round of timing in a worker: ``timer(protocol)`` -> samples in ms.
+Timer = Callable[[Protocol], list[float]]
 
 
 @dataclass
@@ -235,8 +257,8 @@ def _serve(conn: Any, timer: Timer) -> None:
             return
         if command[0] == "stop":
             return
-        _, warmup, repeat, number = command
-        conn.send(("ok", timer(warmup, repeat, number)))
+        _, protocol = command
+        conn.send(("ok", timer(protocol)))
 
 
 def _describe_exit(code: int | None) -> str:
@@ -255,7 +277,7 @@ class Worker:
     """One runtime in its own process, loaded once and timed round after round.
 
     ``start(job, ...)`` spawns the child (pinned to ``cores`` when given) and returns what
-    its setup job reported; ``time(warmup, repeat, number)`` runs one round there and
+    its setup job reported; ``time(protocol)`` runs one round there and
     returns its samples; ``close()`` (or leaving ``with``) stops it. Every request waits at
     most ``timeout`` seconds; a crash, a timeout (the child is killed) or an exception in
     the child raises :class:`MeasurementError` naming ``label``, and this process is
@@ -302,12 +324,11 @@ class Worker:
         finally:
             self.close()
 
-    def time(self, warmup: int, repeat: int, number: int) -> list[float]:
+    def time(self, protocol: Protocol) -> list[float]:
         """One round in the child: ``warmup`` untimed runs, then ``repeat`` samples (ms)."""
-        _check_protocol(warmup, repeat, number)
         if self.proc is None:
             raise MeasurementError(f"measuring {self.label}: the worker is not running")
-        self.conn.send(("time", warmup, repeat, number))
+        self.conn.send(("time", protocol))
         return self._receive()
 
     def close(self) -> None:
@@ -509,13 +530,15 @@ def run_tvm_module_batches(
         return _verify_tvm(loaded, lib_path, batches)
 
 
-def _tvm_samples(loaded: _LoadedVM, warmup: int, repeat: int, number: int) -> list[float]:
+def _tvm_samples(loaded: _LoadedVM, protocol: Protocol) -> list[float]:
     """One round with TVM's ``time_evaluator``, on the device itself (remote for
     ``hardware=rpc``: network latency is not counted); it adds one discarded run of its
     own after our ``warmup``."""
-    for _ in range(warmup):
+    for _ in range(protocol.warmup):
         loaded.run()
-    timer = loaded.vm.time_evaluator("invoke_stateful", loaded.dev, number=number, repeat=repeat)
+    timer = loaded.vm.time_evaluator(
+        "invoke_stateful", loaded.dev, number=protocol.number, repeat=protocol.repeat
+    )
     return [float(s) * 1e3 for s in timer("main").results]
 
 
@@ -534,11 +557,11 @@ def _verify_tvm(
 
 
 def _remote_round(
-    lib_path: str, example: np.ndarray, device: Device, warmup: int, repeat: int, number: int
+    lib_path: str, example: np.ndarray, device: Device, protocol: Protocol
 ) -> list[float]:
     """One round on an RPC device in a session of its own (see :func:`open_tvm`)."""
     with _LoadedVM(lib_path, _as_list(example), device) as loaded:
-        return _tvm_samples(loaded, warmup, repeat, number)
+        return _tvm_samples(loaded, protocol)
 
 
 def open_tvm(
@@ -581,10 +604,7 @@ def time_tvm_module(
     lib_path: str,
     input_array: np.ndarray | Sequence[np.ndarray],
     device: Device,
-    *,
-    warmup: int = 1,
-    repeat: int = 10,
-    number: int = 5,
+    protocol: Protocol = DEFAULT_PROTOCOL,
 ) -> Latency:
     """Time ``vm["main"]`` of a module exported with ``ex.export_library(lib_path)``.
 
@@ -592,15 +612,16 @@ def time_tvm_module(
     library is uploaded and timed there, so network latency is not counted). ``warmup``
     explicit runs come first; ``time_evaluator`` adds one more discarded run of its own.
     """
-    _check_protocol(warmup, repeat, number)
     started = time.perf_counter()
     with _LoadedVM(lib_path, _as_list(input_array), device) as loaded:
-        for _ in range(warmup):
+        for _ in range(protocol.warmup):
             loaded.run()
         setup_s = time.perf_counter() - started
-        samples_ms = _tvm_samples(loaded, 0, repeat, number)
+        samples_ms = _tvm_samples(loaded, protocol.but(warmup=0))
         threads = loaded.threads
-    return Latency.from_samples(samples_ms, number=number, threads=threads, setup_s=setup_s)
+    return Latency.from_samples(
+        samples_ms, number=protocol.number, threads=threads, setup_s=setup_s
+    )
 
 
 def time_tvm_alternating(
@@ -609,22 +630,19 @@ def time_tvm_alternating(
     device: Device,
     *,
     rounds: int = 2,
-    warmup: int = 2,
-    repeat: int = 5,
-    number: int = 10,
+    protocol: Protocol = AB_PROTOCOL,
 ) -> list[list[float]]:
     """Median ms of each library per round, the libraries timed in turn (A B, B A, ...)
     in one process: the fair way to ask which of two builds of one model is faster
     (two TVM modules share one runtime and thread pool; nothing of one lingers into the
     other as torch's OpenMP threads would)."""
-    _check_protocol(warmup, repeat, number)
     loaded = [open_tvm(path, [], example, device) for path in lib_paths]
     medians: list[list[float]] = [[] for _ in lib_paths]
     try:
         for i in range(rounds):
             order = range(len(loaded)) if i % 2 == 0 else reversed(range(len(loaded)))
             for j in order:
-                medians[j].append(float(np.median(loaded[j].timer(warmup, repeat, number))))
+                medians[j].append(float(np.median(loaded[j].timer(protocol))))
     finally:
         for lib in loaded:
             if lib.close is not None:
@@ -637,21 +655,17 @@ def verify_and_time_tvm(
     batches: Sequence[np.ndarray],
     example: np.ndarray,
     device: Device,
-    *,
-    warmup: int = 1,
-    repeat: int = 10,
-    number: int = 5,
+    protocol: Protocol = DEFAULT_PROTOCOL,
 ) -> tuple[list[np.ndarray], Latency]:
     """Outputs on the verification batches, then the latency of ``example``: one load of
     the module for both (what :func:`open_tvm` does in a worker, in one go)."""
-    _check_protocol(warmup, repeat, number)
     loaded = open_tvm(lib_path, batches, example, device)
     try:
-        samples = loaded.timer(warmup, repeat, number)
+        samples = loaded.timer(protocol)
     finally:
         assert loaded.close is not None
         loaded.close()
     latency = Latency.from_samples(
-        samples, number=number, threads=loaded.threads, setup_s=loaded.setup_s
+        samples, number=protocol.number, threads=loaded.threads, setup_s=loaded.setup_s
     )
     return loaded.result, latency

@@ -22,7 +22,7 @@ from time import sleep
 
 import numpy as np
 
-from dlas.compiler.measure import Latency, Worker
+from dlas.compiler.measure import Latency, Protocol, Worker
 from dlas.compiler.noise import (
     NoisePolicy,
     NoisyMeasurementError,
@@ -102,28 +102,30 @@ class Timing:
 
 
 def run_rounds(
-    workers: Mapping[str, Worker], *, warmup: int, repeat: int, number: int, rounds: int
+    workers: Mapping[str, Worker], protocol: Protocol, rounds: int
 ) -> dict[str, list[list[float]]]:
-    """Every worker times one round in turn, the order flipping each round."""
+    """Every worker times one round in turn, the order flipping each round; the
+    protocol's ``repeat`` samples are split over the rounds."""
     names = list(workers)
     samples: dict[str, list[list[float]]] = {name: [] for name in names}
-    for i, size in enumerate(round_sizes(repeat, rounds)):
+    for i, size in enumerate(round_sizes(protocol.repeat, rounds)):
         for name in names if i % 2 == 0 else reversed(names):
-            samples[name].append(workers[name].time(warmup, size, number))
+            samples[name].append(workers[name].time(protocol.but(repeat=size)))
     return samples
 
 
 def _attempt(
     workers: Mapping[str, Worker],
     cores: Sequence[int],
-    protocol: Mapping[str, int],
+    protocol: Protocol,
+    rounds: int,
     probe_s: float,
     policy: NoisePolicy,
 ) -> Attempt:
     pids = [w.pid for w in workers.values()]
     before = probe(cores, probe_s, pids) if probe_s > 0 else None
     with LoadMonitor(cores, pids) as monitor:
-        samples = run_rounds(workers, **protocol)
+        samples = run_rounds(workers, protocol, rounds)
     assert monitor.result is not None
     attempt = Attempt(samples, before, monitor.result)
     attempt.reasons = noise_reasons(
@@ -140,9 +142,7 @@ def time_paired(
     reference: str,
     *,
     cores: Sequence[int],
-    warmup: int,
-    repeat: int,
-    number: int,
+    protocol: Protocol,
     rounds: int,
     policy: NoisePolicy,
     probe_s: float = 0.5,
@@ -158,18 +158,17 @@ def time_paired(
     naming each symptom and its threshold; otherwise it is returned with its reasons and
     a warning is logged.
     """
-    protocol = {"warmup": warmup, "repeat": repeat, "number": number, "rounds": rounds}
     log.info(
         "timing %s in %d alternating rounds on cores %s",
         ", ".join(workers),
-        len(round_sizes(repeat, rounds)),
+        len(round_sizes(protocol.repeat, rounds)),
         list(cores),
     )
     attempts: list[Attempt] = []
     for i in range(1 + policy.retries):
         if i > 0 and retry_wait_s > 0:
             sleep(retry_wait_s * 2 ** (i - 1))
-        attempt = _attempt(workers, cores, protocol, probe_s, policy)
+        attempt = _attempt(workers, cores, protocol, rounds, probe_s, policy)
         attempts.append(attempt)
         if not attempt.reasons:
             break
@@ -191,7 +190,7 @@ def time_paired(
     latencies = {
         name: Latency.from_samples(
             [s for r in rounds_ for s in r],
-            number=number,
+            number=protocol.number,
             threads=workers[name].threads,
             setup_s=workers[name].setup_s,
         )
