@@ -37,6 +37,7 @@ from timing import time_baseline, time_tvm
 from dlas.algorithms import BEST, CHOICES, Algorithm
 from dlas.compiler import tvm_relax
 from dlas.compiler.measure import Protocol
+from dlas.compiler.tuning import Tuning
 from dlas.deployment import VerificationError, disagreement
 from dlas.hardware import get_device, host_cpu
 from dlas.hardware.cores import computing
@@ -98,7 +99,7 @@ def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, flo
         (
             "tvm_autoschedule",
             args.algorithm,
-            tvm_relax.Tuning(args.trials, args.trials_per_task, args.tuning_dir),
+            Tuning(args.trials, args.trials_per_task, args.tuning_dir),
         ),
     ):
         built = tvm_relax.build(

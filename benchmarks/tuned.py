@@ -44,6 +44,7 @@ from timing import time_baseline, time_tvm
 from dlas.algorithms import ALGORITHMS, DATA_FORMATS, Algorithm
 from dlas.compiler import tvm_relax
 from dlas.compiler.measure import Protocol
+from dlas.compiler.tuning import Tuning
 from dlas.deployment import VerificationError, disagreement
 from dlas.hardware import get_device
 from dlas.hardware.cores import computing
@@ -111,7 +112,7 @@ def time_row(name: str, compression: str, algorithm: str, data_format: str, args
         )
         timers[schedule] = tvm_timer(built.library, x, device, protocol, schedule)
     for budget in args.budgets:
-        tuning = tvm_relax.Tuning(0, budget, args.tuning_dir / f"per-task-{budget}")
+        tuning = Tuning(0, budget, args.tuning_dir / f"per-task-{budget}")
         built = tvm_relax.build(program, x, device, cfg, work / f"{algorithm}-{budget}", tuning)
         column = f"tuned/{budget}"
         timers[column] = tvm_timer(built.library, x, device, protocol, column)

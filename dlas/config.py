@@ -22,7 +22,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dlas.algorithms import ALGORITHMS
-from dlas.compiler.tvm_compilers import SCHEDULES, TUNED_OPS
+from dlas.compiler.tuning import TUNED_OPS
+from dlas.compiler.tvm_compilers import SCHEDULES
 from dlas.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")

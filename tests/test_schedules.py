@@ -25,6 +25,7 @@ from dlas.compiler.default_schedule import (  # noqa: E402
     schedule_kernel,
 )
 from dlas.compiler.pipeline import PipelineLog  # noqa: E402
+from dlas.compiler.tuning import KEEP_TUNED_WITHIN, TUNED_OPS, Tuning, tune, tuning_tasks  # noqa: E402
 
 AVX512 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}
 AVX2 = {"kind": "llvm", "mcpu": "x86-64-v3", "num-cores": 2}
@@ -429,7 +430,7 @@ def test_tuning_measures_the_default_first_and_never_loses_to_it(
     x = torch.randn(1, 4, 6, 6)
     program = torch.export.export(model, (x,))
     device = get_device("cpu", threads=2)
-    tuning = tvm_relax.Tuning(0, 2, tmp_path / "tuning")
+    tuning = Tuning(0, 2, tmp_path / "tuning")
     fresh = tvm_relax.build(program, x, device, algorithm_cfg("direct"), tmp_path / "a", tuning)
     costs = json.loads(next((tmp_path / "tuning").glob("*/tasks.json")).read_text())
     assert {c["task"] for c in costs} == {
@@ -445,7 +446,7 @@ def test_tuning_measures_the_default_first_and_never_loses_to_it(
     decided = fresh.info["end_to_end"]
     assert decided["kept"] in ("tuned", "untuned") and decided["untuned_ms"] > 0
     # (untuned only when faster by more than the timing noise, KEEP_TUNED_WITHIN)
-    faster = decided["untuned_ms"] * (1 + tvm_relax.KEEP_TUNED_WITHIN) < decided["tuned_ms"]
+    faster = decided["untuned_ms"] * (1 + KEEP_TUNED_WITHIN) < decided["tuned_ms"]
     assert (decided["kept"] == "untuned") == faster, decided
     assert "keep_faster_of_tuned_and_untuned" in fresh.pipeline
     again = tvm_relax.build(program, x, device, algorithm_cfg("direct"), tmp_path / "b", tuning)
@@ -491,13 +492,15 @@ def test_tuning_times_candidates_with_the_models_threads(
         seen[len(seen) + 1] = os.environ.get("TVM_NUM_THREADS")
         return 0.0
 
-    monkeypatch.setattr(tvm_relax, "_tune_tasks", fake_tune)
+    from dlas.compiler import tuning as metaschedule
+
+    monkeypatch.setattr(metaschedule, "_tune_tasks", fake_tune)
     monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
     target = tvm.target.Target(AVX512)
     mod, _ = lowered("spatial_pack", torch.randn(1, 3, 11, 10), target)
-    tuning = tvm_relax.Tuning(0, 1, tmp_path)
-    one = tvm_relax.tune([mod], target, tuning, 1)
-    two = tvm_relax.tune([mod], target, tuning, 2)
+    tuning = Tuning(0, 1, tmp_path)
+    one = tune([mod], target, tuning, 1)
+    two = tune([mod], target, tuning, 2)
     assert seen == {1: "1", 2: "2"}
     assert one.work_dir != two.work_dir
     assert "TVM_NUM_THREADS" not in os.environ
@@ -515,7 +518,7 @@ def test_the_pooled_builder_keeps_its_workers_and_reports_failures() -> None:
 
     target = tvm.target.Target(AVX512)
     mod, _ = lowered("direct", torch.randn(1, 3, 11, 10), target)
-    kernel = tvm_relax.tuning_tasks([mod], target, tvm_relax.TUNED_OPS)[0].dispatched[0]
+    kernel = tuning_tasks([mod], target, TUNED_OPS)[0].dispatched[0]
     # the fused kernel as the Relax module holds it (not extracted as a task) fails to build
     broken = tvm.IRModule(
         {"main": next(f for g, f in mod.functions_items() if "conv2d" in g.name_hint)}

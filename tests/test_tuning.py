@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dlas.compiler.tvm_relax import TUNED_OPS, Tuning, trial_budget
+from dlas.compiler.tuning import TUNED_OPS, Tuning, trial_budget
 
 
 def test_zero_trials_means_a_share_for_every_task():

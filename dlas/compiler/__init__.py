@@ -22,7 +22,8 @@ from dlas.compiler.base import (
     register_compiler,
     uses_algorithms,
 )
-from dlas.compiler.tvm_compilers import SCHEDULES, TUNED_OPS, check_schedule
+from dlas.compiler.tuning import TUNED_OPS
+from dlas.compiler.tvm_compilers import SCHEDULES, check_schedule
 
 __all__ = [
     "COMPILERS",

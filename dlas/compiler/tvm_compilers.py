@@ -16,6 +16,7 @@ import numpy as np
 
 from dlas.compiler.base import Compiled, Compiler, Inputs, register_compiler
 from dlas.compiler.measure import Worker, open_tvm
+from dlas.compiler.tuning import TUNED_OPS
 from dlas.errors import build
 from dlas.hardware.cores import exclusive
 
@@ -25,12 +26,6 @@ if TYPE_CHECKING:
 #: ``compiler.schedule``: ``default`` = each kernel's default schedule (DLAS's "untuned");
 #: ``none`` = TVM's plain loop nests (dlas's "untuned" before schedules existed).
 SCHEDULES = ("default", "none")
-#: MetaSchedule searches the tasks whose names contain one of these (``compiler.tune_ops``,
-#: whose default this is): the convolutions (every layer-4 compute is named
-#: ``conv2d_<algorithm>``) and linear layers (``matmul``, sparse ``dense_<format>``). The
-#: rest (adds, pooling, concatenation, reshapes) are memory-bound, where a search round
-#: costs seconds and saves microseconds; they keep their default schedules.
-TUNED_OPS = ("conv2d", "matmul", "dense")
 
 
 def check_schedule(name: str) -> None:
@@ -63,7 +58,7 @@ class TvmCompiler(Compiler):
         self.schedule = schedule
 
     def tuning(self, root: Path) -> Any:
-        """The MetaSchedule budget (``tvm_relax.Tuning``), or None: no search."""
+        """The MetaSchedule budget (``dlas.compiler.Tuning``), or None: no search."""
         return None
 
     def compile_and_open(
@@ -144,8 +139,8 @@ class TvmAutoschedule(TvmCompiler):
         self.population, self.tune_ops = population, tuple(tune_ops)
 
     def tuning(self, root: Path) -> Any:
-        from dlas.compiler import tvm_relax
+        from dlas.compiler.tuning import Tuning
 
-        return tvm_relax.Tuning(
+        return Tuning(
             self.trials, self.trials_per_task, root, self.tune_ops, population=self.population
         )
