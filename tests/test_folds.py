@@ -217,3 +217,45 @@ def test_a_crop_that_keeps_some_padding_keeps_its_sides_apart(tmp_path) -> None:
     assert _kernel(conv) == [6, 4, 3, 5]
     assert [int(p) for p in conv.attrs.padding] == [1, 2, 1, 2]
     assert _compiled_error(model, x, "direct", tmp_path) < 1e-5
+
+
+@pytest.mark.tvm
+def test_numpy_folds_give_what_tvms_constant_folding_gives() -> None:
+    """fold_constants_numpy evaluates BatchNorm's scale and shift in numpy instead of
+    compiling each call with LLVM: the module after it and FoldConstant must be the
+    module FoldConstant alone makes, constants bit for bit."""
+    import tvm_ffi
+
+    from dlas.compiler import folds
+    from dlas.compiler.pipeline import PipelineLog
+    from dlas.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("residual", num_classes=10, in_channels=3, input_size=8, depth=1, width=4)
+    for m in model.modules():  # statistics a trained network has, not the init's 0 and 1
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-1, 1)
+    x = torch.randn(1, 3, 8, 8)
+    mod, dtype = tvm_relax.to_relax(torch.export.export(model.eval(), (x,)), x)
+    steps = tvm_relax.graph_passes(dtype)
+    before = [name for name, _ in steps].index("fold_constants_numpy")
+    with tvm.target.Target("llvm"):
+        mod = PipelineLog(quiet=True).run(steps[:before], mod)
+        ops = {
+            str(b.value.op.name)
+            for b in mod["main"].body.blocks[0].bindings
+            if isinstance(b.value, relax.Call)
+        }
+        assert {"relax.sqrt", "relax.divide", "relax.multiply", "relax.reshape"} <= ops
+        by_tvm = relax.transform.FoldConstant()(mod)
+        by_numpy = folds.fold_constants_numpy()(mod)
+        assert tvm_ffi.structural_equal(relax.transform.FoldConstant()(by_numpy), by_tvm)
+    left = {
+        str(b.value.op.name)
+        for b in by_numpy["main"].body.blocks[0].bindings
+        if isinstance(b.value, relax.Call)
+    }
+    assert not left & {"relax.sqrt", "relax.divide"}  # BatchNorm's arithmetic: all folded

@@ -145,6 +145,7 @@ def graph_passes(dtype: str) -> list[tuple[str, tvm.transform.Pass]]:
         ("fold_conv_bias_into_batchnorm", folds.fold_conv_bias_into_batchnorm()),
         ("fold_batchnorm", t.FoldBatchnormToConv2D()),
         ("decompose_for_inference", t.DecomposeOpsForInference()),
+        ("fold_constants_numpy", folds.fold_constants_numpy()),
         ("fold_constants", t.FoldConstant()),
         ("fold_replicated_linear", folds.fold_replicated_linear()),
         ("crop_padding_only_taps", folds.crop_padding_only_taps()),
