@@ -239,9 +239,9 @@ def fold_constants_numpy() -> tvm.transform.Pass:
     consts, others = [is_const(), is_const()], [wildcard(), wildcard()]
     arg = [c | w for c, w in zip(consts, others, strict=True)]
     patterns = [is_op(name)(arg[0], arg[1]) for name in _BINARY]
-    patterns += [is_op(name)(arg[0]) for name in (*_UNARY, "relax.permute_dims", "relax.astype")]
-    patterns += [is_op(name)(arg[0], wildcard()) for name in ("relax.reshape", "relax.expand_dims")]
-    patterns += [is_op("relax.squeeze")(arg[0])]
+    one_arg = (*_UNARY, "relax.permute_dims", "relax.astype", "relax.expand_dims", "relax.squeeze")
+    patterns += [is_op(name)(arg[0]) for name in one_arg]
+    patterns += [is_op("relax.reshape")(arg[0], wildcard())]  # its shape: the call's own
     pattern = patterns[0]
     for p in patterns[1:]:
         pattern = pattern | p
