@@ -89,7 +89,7 @@ def test_deploy_sweeps_algorithms_and_compilers_without_retraining(workdir):
         "deploy.py",
         "-m",
         *overrides(workdir, *SMALL),
-        "algorithm=direct,gemm,spatial_pack,winograd",
+        "algorithm=gemm,winograd",  # direct: the default point's test; spatial_pack: test_schedules
         "compiler=tvm_untuned",
         f"hydra.sweep.dir={workdir['tmp']}/multirun",
     )
@@ -97,7 +97,7 @@ def test_deploy_sweeps_algorithms_and_compilers_without_retraining(workdir):
     framework = run_entry("deploy.py", *overrides(workdir, *SMALL), "compiler=pytorch")
     assert framework.returncode == 0, framework.stderr[-3000:]
     deployed = [r for r in runs(workdir["uri"]) if r.data.tags.get("dlas.entry") == "deploy"]
-    assert len(deployed) == 5 and {r.info.status for r in deployed} == {"FINISHED"}
+    assert len(deployed) == 3 and {r.info.status for r in deployed} == {"FINISHED"}
     assert {r.data.params["compiler"] for r in deployed} == {"tvm_untuned", "pytorch"}
     for r in deployed:
         assert r.data.metrics["max_abs_err_vs_torch"] < 1e-3
@@ -203,8 +203,8 @@ def test_autoschedule_reuses_its_database(workdir):
 @pytest.mark.tvm
 @pytest.mark.slow
 def test_best_gives_each_layer_its_fastest_tuned_candidate(workdir):
-    # two candidates and one stage keep the tuning to a few tasks (a MetaSchedule round
-    # costs ~20 s here whatever its size); the choice rule itself is unit-tested
+    # two candidates and one stage keep the tuning to a few tasks (each MetaSchedule
+    # round has a fixed cost, whatever its size); the choice rule itself is unit-tested
     args = overrides(
         workdir,
         *TINY,
