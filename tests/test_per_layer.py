@@ -99,3 +99,20 @@ def test_every_conv_layer_finds_its_fused_kernel_even_out_of_order() -> None:
     ]
     # the case this guards: the shortcut (legalized last) is called before c
     assert order.index(callees[4]) < order.index(callees[3])
+
+
+@pytest.mark.tvm
+def test_building_best_without_a_tuning_budget_says_what_it_needs(tmp_path) -> None:
+    """The library call gives the message check_layers gives a config (one source)."""
+    import torch
+
+    from dlas.algorithms import get_algorithm
+    from dlas.compiler import tvm_relax
+    from dlas.hardware import get_device
+
+    model = torch.nn.Conv2d(3, 4, 3).eval()
+    x = torch.randn(1, 3, 6, 6)
+    with pytest.raises(ValueError, match="needs compiler=tvm_autoschedule"):
+        tvm_relax.build(
+            torch.export.export(model, (x,)), x, get_device("cpu"), get_algorithm("best"), tmp_path
+        )

@@ -216,6 +216,7 @@ def build(
     their default schedules (``default``, DLAS's "untuned") or none (the plain loop
     nests). With ``tuning``, its ``schedule`` must agree."""
     from dlas.compiler import check_schedule
+    from dlas.compiler.base import best_algorithm_error
     from dlas.compiler.default_schedule import default_schedules
 
     check_schedule(schedule)
@@ -233,11 +234,8 @@ def build(
     chosen: list[str] = []
     costs: list[dict] = []
     if algorithm_cfg.name == BEST:
-        if tuning is None:
-            raise ValueError(
-                "algorithm=best chooses each layer's algorithm by its tuned time: it needs "
-                "compiler=tvm_autoschedule"
-            )
+        if tuning is None:  # a config never gets here: check_layers has said why
+            raise ValueError(best_algorithm_error("tvm_untuned", []))
         with pipeline.step("choose_algorithm_per_layer"):
             chosen, costs, database = _choose_per_layer(mod, algorithm_cfg, device, tuning)
     algorithms = _Algorithms(algorithm_cfg, per_layer=chosen, schedule=schedule)
