@@ -255,6 +255,8 @@ def fold_constants_numpy() -> tvm.transform.Pass:
         return None
 
     def rewriter(call: relax.Call, m: dict) -> relax.Expr:
+        if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
+            return call  # matched through a variable's binding: its call is rewritten itself
         arity = 2 if call.op.name in _BINARY else 1
         values = [value(i, m) for i in range(arity)]
         if any(v is None or v.dtype.kind != "f" for v in values):
