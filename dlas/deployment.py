@@ -270,12 +270,17 @@ def compile_verify_and_time(
     results: dict[str, Compiled] = {}
     checks: dict[str, dict[str, float]] = {}
     with contextlib.ExitStack() as workers:
-        reference = None
+
+        def reference() -> Worker:
+            worker = launch_reference(inputs, device, cores)
+            workers.callback(worker.close)
+            return worker
+
         # The reference loads beside the compile, unless a compiler tunes: MetaSchedule
         # times candidates in this process tree, and nothing may load beside a timing.
+        early = None
         if "pytorch" not in names and not any(compilers[c].tunes for c in names):
-            reference = launch_reference(inputs, device, cores)
-            workers.callback(reference.close)
+            early = reference()
         for i, compiler in enumerate(names):
             if len(names) > 1:
                 log.info("compiler %d/%d: %s", i + 1, len(names), compiler)
@@ -287,11 +292,8 @@ def compile_verify_and_time(
             checks[compiler] = verify(compiler, cfg, compiled, ref, labels, dtype)
         timed = {c: r.worker for c, r in results.items() if r.worker is not None}
         if "pytorch" not in timed:
-            if reference is None:
-                reference = launch_reference(inputs, device, cores)
-                workers.callback(reference.close)
-            reference.ready()
-            timed["pytorch"] = reference
+            timed["pytorch"] = early or reference()
+            timed["pytorch"].ready()
         with exclusive():
             timing = time_paired(
                 timed,

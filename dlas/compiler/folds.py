@@ -239,9 +239,10 @@ def fold_constants_numpy() -> tvm.transform.Pass:
     consts, others = [is_const(), is_const()], [wildcard(), wildcard()]
     arg = [c | w for c, w in zip(consts, others, strict=True)]
     patterns = [is_op(name)(arg[0], arg[1]) for name in _BINARY]
-    one_arg = (*_UNARY, "relax.permute_dims", "relax.astype", "relax.expand_dims", "relax.squeeze")
+    # reshape's second argument is its shape, which the call's own shape already gives
+    one_arg = (*_UNARY, "relax.permute_dims", "relax.astype", *_RESHAPES[1:])
     patterns += [is_op(name)(arg[0]) for name in one_arg]
-    patterns += [is_op("relax.reshape")(arg[0], wildcard())]  # its shape: the call's own
+    patterns += [is_op(_RESHAPES[0])(arg[0], wildcard())]
     pattern = patterns[0]
     for p in patterns[1:]:
         pattern = pattern | p

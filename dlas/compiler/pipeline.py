@@ -93,8 +93,5 @@ class PipelineLog:
                 mod = declared(mod)
         return mod
 
-    def names(self) -> list[str]:
-        return [s.name for s in self.steps]
-
     def as_list(self) -> list[dict[str, Any]]:
         return [s.as_dict() for s in self.steps]

@@ -67,9 +67,13 @@ class TvmBuild:
     compile_s: float
     tune_s: float
     layers: list[dict[str, Any]]
-    pipeline: list[str]  # the steps that ran, in order (dlas.compiler.pipeline)
     info: dict[str, Any] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)  # pipeline.json: with times
+
+    @property
+    def pipeline(self) -> list[str]:
+        """The steps that ran, in order (``dlas.compiler.pipeline``)."""
+        return [s["step"] for s in self.steps]
 
 
 def to_relax(
@@ -294,7 +298,6 @@ def build(
         compile_s,
         tune_s,
         algorithms.records,
-        pipeline.names(),
         info | {"tuning_trials": trials},
         pipeline.as_list(),
     )
