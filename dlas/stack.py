@@ -201,6 +201,9 @@ def _compress(
         **_accuracy_and_macs(model, trainer, point.data, dtype),
         **structure(parent if graph_only else model),
         "report": point.compression.report,
+        # beside the model, so that deploying it elsewhere (model_uri) knows them too
+        "input_dtype": str(dtype).removeprefix("torch."),
+        "compute_dtype": point.compression.compute_dtype,
     }
     eager = None if graph_only else model
     return cache.save(
@@ -220,20 +223,32 @@ def entry_tags(cache: StageCache, **entries: Entry) -> dict[str, str]:
     return tags
 
 
+def model_dtypes(meta: dict[str, Any], compression: Compression) -> tuple[torch.dtype, str]:
+    """(input dtype, compute dtype) of a compressed model, as layer 3 stored them in its
+    metadata: a ``model_uri`` model may come from another compression than this config
+    names. A model stored before they were recorded is a cache entry of this config's own
+    compression (entries are keyed by it), which then tells."""
+    if "compute_dtype" in meta:
+        return getattr(torch, meta["input_dtype"]), meta["compute_dtype"]
+    return compression.input_dtype, compression.compute_dtype
+
+
 def layers_4_to_6(
     cfg: DictConfig,
     device: Any,
     point: Point,
     program_path: Path,
+    meta: dict[str, Any],
     reference: nn.Module,
     run: TrackedRun,
 ) -> dict[str, float]:
-    """Layers 4-6 on a compressed model, logged into ``run``."""
+    """Layers 4-6 on a compressed model (``meta``: what layer 3 stored beside it), logged
+    into ``run``."""
     from dlas.deployment import compile_verify_and_time
     from dlas.hardware import last_level_cache_bytes
 
     program = load_program(program_path)
-    input_dtype, dtype = point.compression.input_dtype, point.compression.compute_dtype
+    input_dtype, dtype = model_dtypes(meta, point.compression)
     footprint = memory_footprint(program, point.data.example_batch(1)[0].to(input_dtype))
     footprint[schema.LLC_BYTES] = last_level_cache_bytes()
     with tempfile.TemporaryDirectory(prefix="dlas-deploy-") as tmp:
@@ -439,7 +454,7 @@ def _run_point(
             return metrics | {schema.PRUNED: 1.0}
         if device is not None:
             metrics |= layers_4_to_6(
-                cfg, device, point, compressed.program_path, compressed.model(), run
+                cfg, device, point, compressed.program_path, m, compressed.model(), run
             )
     return metrics
 
@@ -533,4 +548,4 @@ def _deploy_compressed_model(cfg: DictConfig, point: Point, device: Any) -> dict
                 }
                 | {schema.SIZE_BYTES: program_path.stat().st_size}
             )
-        return layers_4_to_6(cfg, device, point, program_path, reference, run)
+        return layers_4_to_6(cfg, device, point, program_path, meta, reference, run)

@@ -3,6 +3,7 @@ and bad input that must fail early, clearly, and without a RUNNING run left behi
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -68,6 +69,13 @@ def test_train_entry_logs_one_finished_run_with_the_schema(workdir):
 
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"config.yaml", "compression_report.json"} <= artifacts
+    # the model's dtypes beside it, for a deploy.py model_uri= of another compression
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="model/meta.json"
+    )
+    with open(path) as f:
+        meta = json.load(f)
+    assert (meta["input_dtype"], meta["compute_dtype"]) == ("float32", "float32")
 
 
 @pytest.mark.e2e
@@ -219,3 +227,24 @@ def test_a_preset_logs_its_algorithm_and_format_pair(workdir):
     assert (params["algorithm"], params["data_format"]) == ("gemm", "csr")
     assert params["algorithm_label"] == "gemm+csr"
     assert run_params(build_point(compose(*overrides(workdir))), 2)["algorithm_label"] == "direct"
+
+
+def test_a_deployed_model_takes_its_dtypes_from_its_own_metadata():
+    """deploy.py model_uri= of an int8 or fp16 run under a config of compression=none
+    must verify and time it as int8 / fp16, not as this config's float32."""
+    import torch
+
+    from dlas.compression import get_compression
+    from dlas.stack import model_dtypes
+
+    none = get_compression("none")
+    assert model_dtypes({"input_dtype": "float16", "compute_dtype": "float16"}, none) == (
+        torch.float16,
+        "float16",
+    )
+    assert model_dtypes({"input_dtype": "float32", "compute_dtype": "int8"}, none) == (
+        torch.float32,
+        "int8",
+    )
+    # metadata from before the dtypes were recorded: the cache entry's own compression
+    assert model_dtypes({}, get_compression("fp16")) == (torch.float16, "float16")
