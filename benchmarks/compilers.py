@@ -5,7 +5,7 @@
 
 For each model (random weights: dense inference time does not depend on their values;
 BatchNorm statistics are randomized so that folding is real work): PyTorch eager,
-torch.compile, onnxruntime, TVM untuned and TVM auto-scheduled (MetaSchedule with the
+torch.compile, onnxruntime, OpenVINO, TVM untuned and TVM auto-scheduled (MetaSchedule with the
 stated budget: by default every convolution/linear task gets ``--trials-per-task``; the
 database is cached, so a re-run only re-applies it). ``--algorithm`` is layer 4's choice
 for both TVM columns (``direct`` by default; ``best`` tunes every candidate algorithm
@@ -42,6 +42,14 @@ from dlas.deployment import VerificationError, disagreement
 from dlas.hardware import get_device, host_cpu
 from dlas.hardware.cores import computing
 from dlas.models import ZOO, get_model
+
+#: the framework columns, eager first (the reference of every ratio)
+FRAMEWORKS = ("pytorch", "torch_compile", "onnxruntime", "openvino")
+
+
+def _ms(row: dict, kind: str) -> str:
+    """A column's latency, or a dash for rows measured before the column existed."""
+    return f"{row[kind]:.2f}" if kind in row else "-"
 
 
 def dense(algorithm: str) -> Any:
@@ -90,7 +98,7 @@ def time_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, flo
         if err > limit:
             raise VerificationError(f"{name} {compiler}: max |out - eager| {err:.2e} > {limit:.0e}")
 
-    for kind in ("pytorch", "torch_compile", "onnxruntime"):
+    for kind in FRAMEWORKS:
         output, row[kind] = time_baseline(kind, path, x.numpy(), device, protocol, f"{name} {kind}")
         check(kind, output)
     untuned = "direct" if args.algorithm == BEST else args.algorithm
@@ -126,14 +134,15 @@ def _err(row: dict) -> str:
 
 def table(rows: dict[str, dict]) -> str:
     head = (
-        "| model | eager ms | torch.compile ms | onnxruntime ms | TVM untuned ms | "
+        "| model | eager ms | torch.compile ms | onnxruntime ms | OpenVINO ms | TVM untuned ms | "
         "TVM tuned ms | tuned / eager | tuned / onnxruntime | trials (per task) | tuning s "
-        "| TVM max err | measured |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| TVM max err | measured |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for name, r in rows.items():
         lines.append(
             f"| {name} | {r['pytorch']:.2f} | {r['torch_compile']:.2f} | {r['onnxruntime']:.2f} "
+            f"| {_ms(r, 'openvino')} "
             f"| {r['tvm_untuned']:.2f} | {r['tvm_autoschedule']:.2f} "
             f"| {r['tvm_autoschedule'] / r['pytorch']:.2f}x "
             f"| {r['tvm_autoschedule'] / r['onnxruntime']:.2f}x "

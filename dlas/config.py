@@ -120,6 +120,12 @@ class PatternConf(ModelConf):
     stages: int = ranged(3, ge=1)
 
 
+@dataclass
+class DartsConf(ModelConf):
+    depth: int = ranged(8, ge=1)  # cells (reduction cells at 1/3 and 2/3 of them)
+    width: int = ranged(16, ge=2)  # initial channels (the stem has 3 x width)
+
+
 # ---------------------------------------------------------------- layer 3: compression
 
 
@@ -285,7 +291,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "imagenet": ImageNetConf,
         "synthetic": SyntheticConf,
     },
-    "model": {"zoo": ModelConf, "pattern": PatternConf},
+    "model": {"zoo": ModelConf, "pattern": PatternConf, "darts": DartsConf},
     "compression": {
         "none": CompressionConf,
         "prune": PruneConf,

@@ -6,6 +6,9 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check uv
 .venv/bin/python -m uv pip install --quiet --python .venv/bin/python -e '.[dev]'
+# OpenVINO's model converter sends usage telemetry unless the user has opted out (its
+# own opt_in_out tool writes the choice to ~/intel); dlas never sends it.
+.venv/bin/opt_in_out --opt_out > /dev/null
 # Bytecode for every installed module, once: uv installs none, and where
 # PYTHONDONTWRITEBYTECODE is set (CI, containers) Python would otherwise recompile
 # torch, lightning and mlflow from source in every process, ~16 s each on 2 cores;

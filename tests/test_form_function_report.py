@@ -364,7 +364,7 @@ def test_other_sweeps_get_no_form_function_files(store: dict, tmp_path: Path) ->
 
 
 def test_display_order_names_every_pattern_family():
-    from dlas.models import PATTERNS
+    from dlas.models import NAS_CELLS, PATTERNS
     from dlas.report.form_function import PATTERN_ORDER
 
-    assert PATTERN_ORDER == PATTERNS
+    assert (*PATTERNS, *NAS_CELLS) == PATTERN_ORDER

@@ -1,5 +1,6 @@
-"""Layer 2 pattern families: each builds at any depth and width with the parameter count its
-closed form predicts, trains, compresses, and compiles through TVM to PyTorch's numbers."""
+"""Layer 2 pattern families and the NAS-found DARTS network: each builds at any depth and
+width with the parameter count its closed form predicts, trains, compresses, and compiles
+through TVM to PyTorch's numbers."""
 
 from __future__ import annotations
 
@@ -11,11 +12,21 @@ from torch import nn
 from dlas.compression import get_compression
 from dlas.data import get_datamodule
 from dlas.metrics import memory_footprint, structure
-from dlas.models import PATTERNS, get_model
+from dlas.models import NAS_CELLS, PATTERNS, get_model
+from dlas.models import darts as darts_family
 from dlas.models.export import export_model
 from dlas.models.patterns import param_count
 
+FAMILIES = (*PATTERNS, *NAS_CELLS)
+
 SIZES = [(1, 4), (2, 8), (3, 12)]  # (depth, width): one block per stage up to repeated blocks
+
+
+def count(family: str, depth: int, width: int, classes: int = 10) -> int:
+    """The family's closed-form parameter count."""
+    if family == "darts":
+        return darts_family.param_count(depth, width, num_classes=classes)
+    return param_count(family, depth, width, num_classes=classes)
 
 
 def build(pattern: str, depth: int, width: int, classes: int = 10) -> nn.Module:
@@ -27,12 +38,12 @@ def build(pattern: str, depth: int, width: int, classes: int = 10) -> nn.Module:
 
 @pytest.mark.tvm
 @pytest.mark.slow
-@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("pattern", FAMILIES)
 @pytest.mark.parametrize(("depth", "width"), SIZES)
 def test_parameter_count_follows_the_formula(pattern: str, depth: int, width: int) -> None:
     model = build(pattern, depth, width, classes=7)
     counted = sum(p.numel() for p in model.parameters())
-    assert counted == param_count(pattern, depth, width, num_classes=7)
+    assert counted == count(pattern, depth, width, classes=7)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
 
@@ -47,10 +58,32 @@ def test_formula_by_hand() -> None:
 
 @pytest.mark.tvm
 @pytest.mark.slow
-@pytest.mark.parametrize("pattern", PATTERNS)
+def test_darts_is_the_papers_network() -> None:
+    """The evaluated CIFAR network (20 cells, 36 initial channels): the paper reports
+    3.3 M parameters (Liu et al., 2019, Table 1; 3,349,342 with the classifier, without
+    the auxiliary head), and a 28x28 digit through the compact stem meets an odd 7x7 map
+    at the second reduction, which the factorized reduction pads."""
+    assert count("darts", 20, 36) == 3_349_342
+    model = get_model("darts", num_classes=10, in_channels=1, input_size=28, stem="compact")
+    assert [c.reduction for c in model.cells] == [
+        False,
+        False,
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
+    ]
+    assert model.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.tvm
+@pytest.mark.slow
+@pytest.mark.parametrize("pattern", FAMILIES)
 def test_depth_and_width_grow_the_network(pattern: str) -> None:
     def n(d: int, w: int) -> int:
-        return param_count(pattern, d, w, num_classes=10)
+        return count(pattern, d, w)
 
     assert n(1, 8) < n(2, 8) < n(4, 8)
     assert n(2, 8) < n(2, 16) < n(2, 32)
@@ -60,9 +93,12 @@ def test_depth_and_width_grow_the_network(pattern: str) -> None:
 
 @pytest.mark.tvm
 @pytest.mark.slow
-@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("pattern", FAMILIES)
 def test_trains_one_step(pattern: str) -> None:
-    model = build(pattern, 2, 8).train()
+    # DARTS at 2 cells is two reduction cells and no normal cell, whose sums of max pools
+    # plain SGD cannot fit; at its search network's 8 cells (1/3 reducing) it trains
+    depth = 8 if pattern == "darts" else 2
+    model = build(pattern, depth, 8).train()
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     before = [p.detach().clone() for p in model.parameters()]
@@ -85,20 +121,20 @@ def data():
 
 @pytest.mark.tvm
 @pytest.mark.slow
-@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("pattern", FAMILIES)
 def test_compressible(data, pattern: str) -> None:
     """Weight pruning and channel pruning go through every pattern's graph (shortcuts,
     depthwise groups, concatenations)."""
     pruned = get_compression("prune", amount=0.5).apply(build(pattern, 2, 8), data, None)
     assert structure(pruned)["sparsity"] == pytest.approx(0.5, abs=0.02)
     slim = get_compression("channel_prune", amount=0.5).apply(build(pattern, 2, 8), data, None)
-    assert structure(slim)["params"] < 0.6 * param_count(pattern, 2, 8, num_classes=10)
+    assert structure(slim)["params"] < 0.6 * count(pattern, 2, 8)
     assert slim(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 @pytest.mark.tvm
 @pytest.mark.slow
-@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("pattern", FAMILIES)
 def test_compiles_through_tvm_to_pytorch_numbers(pattern: str, tmp_path) -> None:
     from omegaconf import OmegaConf
 
@@ -151,6 +187,8 @@ def test_footprint_counts_what_inference_touches() -> None:
         ({"width": -4}, "model.width=-4"),
         ({"pattern": "bottleneck", "width": 6}, "multiple of 4"),
         ({"pattern": "dense", "width": 5}, "must be even"),
+        ({"pattern": "darts", "width": 5}, "must be even"),
+        ({"pattern": "darts", "depth": 0}, "model.depth=0"),
         ({"stem": "tiny"}, "model.stem='tiny'"),
         ({"pretrained": True}, "no pretrained weights"),
     ],

@@ -3,14 +3,19 @@
 One interface (:class:`~dlas.compiler.base.Compiler`) and one registry: ``tvm_untuned``
 and ``tvm_autoschedule`` compile through TVM Relax (``tvm_compilers``, ``tvm_relax``;
 the int8 route is ``int8``); ``pytorch``, ``torch_compile`` and ``onnxruntime`` are the
-frameworks a user would otherwise deploy with (``baselines``). ``measure`` holds the
+frameworks a user would otherwise deploy with (``baselines``), ``openvino`` the
+accelerator of the form-follows-function study (``openvino_runtime``). ``measure`` holds the
 timing protocol all of them share. ``get_compiler(name, **options)`` is the door that
 ``conf/compiler``'s ``_target_`` names.
 """
 
 from __future__ import annotations
 
-from dlas.compiler import baselines, tvm_compilers  # noqa: F401  (they register themselves)
+from dlas.compiler import (  # noqa: F401  (they register themselves)
+    baselines,
+    openvino_runtime,
+    tvm_compilers,
+)
 from dlas.compiler.base import (
     COMPILERS,
     Compiled,

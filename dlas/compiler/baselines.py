@@ -188,6 +188,12 @@ class Framework(Compiler):
 
     hardware = ("cpu",)
 
+    def __init__(self, name: str | None = None, **options: Any) -> None:
+        super().__init__(name, **options)
+        #: what the loaded runtime reports about itself (e.g. its kernels' precision),
+        #: set by :meth:`timer` in the worker and added to the point's layers record
+        self.notes: dict[str, Any] = {}
+
     @abstractmethod
     def run(self, program_path: str, x: np.ndarray, threads: int) -> np.ndarray:
         """The program's one output on ``x``."""
@@ -211,7 +217,7 @@ class Framework(Compiler):
     ) -> Compiled:
         worker = Worker(f"verify and time {self.name}", timeout=inputs.timeout_s, cores=cores)
         with exclusive():
-            outputs = worker.start(
+            outputs, notes = worker.start(
                 open_baseline,
                 self.name,
                 inputs.program_path,
@@ -220,7 +226,8 @@ class Framework(Compiler):
                 inputs.example,
                 threads=device.threads,
             )
-        layers = [{"layer": "all", "algorithm": f"{self.name} kernels", "format": "dense"}]
+        kernels = {"layer": "all", "algorithm": f"{self.name} kernels", "format": "dense"}
+        layers = [kernels | notes]
         return Compiled(outputs, None, worker.setup_s, 0.0, 0, layers, inputs.static_path, worker)
 
 
@@ -271,9 +278,6 @@ class OnnxRuntime(Framework):
 #: the registered frameworks (plugins' included once their module is imported)
 def baselines() -> tuple[str, ...]:
     return tuple(n for n in COMPILERS.names() if issubclass(COMPILERS.get(n), Framework))
-
-
-BASELINES = baselines()  # this module's: pytorch, torch_compile, onnxruntime
 
 
 def framework(kind: str) -> Framework:
@@ -345,7 +349,8 @@ def open_baseline(
     ``inputs`` (the dynamic-batch program; ``None`` for the eager reference, which is not
     verified against itself), then the static deployment program on ``example`` loaded
     and run once untimed (torch.compile compiles, onnxruntime exports and builds its
-    session: ``setup_s``), and kept for the timing rounds."""
+    session: ``setup_s``), and kept for the timing rounds. Its result is the outputs and
+    the framework's :attr:`~Framework.notes` on the runtime it loaded."""
     chosen = framework(kind)
     outputs = None
     if inputs is not None:
@@ -355,4 +360,6 @@ def open_baseline(
     workdir = tempfile.TemporaryDirectory(prefix="dlas-onnx-")
     timer = chosen.timer(str(static_path), example, resolved, workdir.name)
     timer(Protocol(warmup=0, repeat=1, number=1))  # the first run (its sample dropped)
-    return Loaded(outputs, timer, time.perf_counter() - started, resolved, workdir.cleanup)
+    return Loaded(
+        (outputs, chosen.notes), timer, time.perf_counter() - started, resolved, workdir.cleanup
+    )

@@ -6,6 +6,7 @@ from functools import partial
 
 from torch import nn
 
+from dlas.models.darts import build_darts_model
 from dlas.models.patterns import PATTERNS, build_pattern_model
 from dlas.models.zoo import ZOO, build_zoo_model
 from dlas.registry import Registry
@@ -15,6 +16,9 @@ for _name in ZOO:
     MODELS.register(_name)(partial(build_zoo_model, _name))
 for _name in PATTERNS:  # one pattern, sized by depth and width (dlas.models.patterns)
     MODELS.register(_name)(partial(build_pattern_model, _name))
+#: NAS-found networks, sized by depth (cells) and width like the patterns (dlas.models.darts)
+NAS_CELLS = ("darts",)
+MODELS.register("darts")(build_darts_model)
 
 
 def get_model(
@@ -27,7 +31,8 @@ def get_model(
 ) -> nn.Module:
     """Build model ``name`` for ``num_classes`` classes on ``in_channels`` x ``input_size``²
         images. Extra keyword arguments go to the family's builder (``pretrained``, ``stem``;
-    ``depth``, ``width``, ``stages`` for the pattern families)."""
+    ``depth``, ``width``, ``stages`` for the pattern families; ``depth``, ``width`` for
+    ``darts``)."""
     return MODELS.build(
         name, num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs
     )
@@ -37,4 +42,4 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
-__all__ = ["MODELS", "PATTERNS", "ZOO", "get_model", "list_models"]
+__all__ = ["MODELS", "NAS_CELLS", "PATTERNS", "ZOO", "get_model", "list_models"]

@@ -24,7 +24,14 @@ TVM_AUTOSCHEDULE = "tvm_autoschedule"
 
 # Display order: eager baseline first, then the other frameworks, then TVM untuned -> tuned;
 # algorithms from the naive to the clever. Names not listed sort after these, alphabetically.
-COMPILER_ORDER = ("pytorch", "torch_compile", "onnxruntime", TVM_UNTUNED, TVM_AUTOSCHEDULE)
+COMPILER_ORDER = (
+    "pytorch",
+    "torch_compile",
+    "onnxruntime",
+    "openvino",
+    TVM_UNTUNED,
+    TVM_AUTOSCHEDULE,
+)
 ALGORITHM_ORDER = ("direct", "gemm", "spatial_pack", "winograd", "best")
 FORMAT_ORDER = ("dense", "csr", "bsr")
 

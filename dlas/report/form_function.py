@@ -24,7 +24,7 @@ from dlas.tracking import schema
 
 EAGER = "pytorch"
 # Display order: from the plainest stack to the most connected. The names of
-# dlas.models.patterns.PATTERNS, spelt out so that a report never imports torch (7 s);
+# dlas.models.patterns.PATTERNS and NAS_CELLS, spelt out so that a report never imports torch (7 s);
 # tests/test_form_function_report.py holds the two to the same names and order.
 PATTERN_ORDER = (
     "plain",
@@ -33,6 +33,7 @@ PATTERN_ORDER = (
     "depthwise_separable",
     "inverted_residual",
     "dense",
+    "darts",  # NAS-found (dlas.models.NAS_CELLS)
 )
 # per-path quantity of the points frame -> suffix of its MLflow metric ``<compiler>/<suffix>``
 PATH_METRICS = {"latency_ms": schema.LATENCY_MS, "speedup": schema.SPEEDUP}
