@@ -122,8 +122,8 @@ class PatternConf(ModelConf):
 
 @dataclass
 class DartsConf(ModelConf):
-    depth: int = ranged(8, ge=1)  # cells (reduction cells at 1/3 and 2/3 of them)
-    width: int = ranged(16, ge=2)  # initial channels (the stem has 3 x width)
+    depth: int = ranged(20, ge=1)  # cells (reduction cells at 1/3 and 2/3 of them)
+    width: int = ranged(36, ge=2)  # initial channels (the stem has 3 x width)
 
 
 # ---------------------------------------------------------------- layer 3: compression

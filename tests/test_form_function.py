@@ -10,7 +10,7 @@ from conftest import ROOT, TINY_DEPLOY, compose, overrides, runs
 
 from dlas.hardware import last_level_cache_bytes
 from dlas.models import PATTERNS
-from dlas.models.patterns import param_count
+from dlas.models.darts import param_count as darts_params
 from dlas.stack import run_point
 
 TINY = [*TINY_DEPLOY, "model=residual", "model.depth=1", "model.width=4"]
@@ -20,17 +20,14 @@ TINY = [*TINY_DEPLOY, "model=residual", "model.depth=1", "model.width=4"]
 @pytest.mark.tvm
 @pytest.mark.slow
 def test_compared_compilers_are_timed_in_the_same_run(workdir):
-    metrics = run_point(
-        compose(
-            *overrides(
-                workdir, *TINY, "compiler=tvm_untuned", "measure.compare=[pytorch,onnxruntime]"
-            )
-        )
-    )
+    # the NAS-found family (its 3 cells: one normal, two reducing), as the study runs it
+    darts = [*TINY_DEPLOY, "model=darts", "model.depth=3", "model.width=4"]
+    compare = "measure.compare=[pytorch,onnxruntime,openvino]"
+    metrics = run_point(compose(*overrides(workdir, *darts, "compiler=tvm_untuned", compare)))
     (run,) = runs(workdir["uri"])
     assert run.info.status == "FINISHED"
     logged = run.data.metrics
-    for compiler in ("tvm_untuned", "pytorch", "onnxruntime"):
+    for compiler in ("tvm_untuned", "pytorch", "onnxruntime", "openvino"):
         assert logged[f"{compiler}/latency_ms_median"] > 0
         assert logged[f"{compiler}/max_abs_err_vs_torch"] < 1e-3
         speedup = logged["torch_latency_ms"] / logged[f"{compiler}/latency_ms_median"]
@@ -38,12 +35,12 @@ def test_compared_compilers_are_timed_in_the_same_run(workdir):
     # the main compiler keeps the unprefixed schema every other run has
     assert logged["latency_ms_median"] == logged["tvm_untuned/latency_ms_median"]
     assert metrics["speedup_vs_torch"] == pytest.approx(logged["tvm_untuned/speedup_vs_torch"])
-    params = param_count("residual", 1, 4, num_classes=10)
+    params = darts_params(3, 4, num_classes=10)
     assert logged["params"] == params
-    assert params * 4 <= logged["param_bytes"] <= params * 4 + 1024  # + BatchNorm statistics
+    assert params * 4 <= logged["param_bytes"] <= params * 4 + 2048  # + BatchNorm statistics
     assert logged["working_set_bytes"] > logged["param_bytes"]
     assert logged["llc_bytes"] == last_level_cache_bytes() > 0
-    assert (run.data.params["model.depth"], run.data.params["model.width"]) == ("1", "4")
+    assert (run.data.params["model.depth"], run.data.params["model.width"]) == ("3", "4")
 
 
 @pytest.mark.parametrize(
@@ -86,7 +83,36 @@ def test_preset_sweeps_every_pattern_at_two_depths_and_widths():
             assert point.compiler.name == "tvm_autoschedule" and point.compiler.trials == 0
             assert (
                 set(point.measure.compare)
-                == {"tvm_untuned", "torch_compile"}
+                == {"openvino", "onnxruntime", "torch_compile"}
                 < set(COMPILERS.names())
             )
             assert point.tracking.experiment == "dlas-form-function"
+
+
+@pytest.mark.parametrize(
+    ("preset", "experiment"),
+    [
+        ("form_function_networks", "dlas-form-function"),  # one report with the patterns
+        ("form_function_quick", "dlas-form-function-quick"),
+    ],
+)
+def test_network_presets_set_nas_found_beside_hand_crafted(preset, experiment):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from dlas.models import NAS_CELLS, ZOO
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(
+            config_name="config", overrides=[f"experiment={preset}"], return_hydra_config=True
+        )
+        models = str(cfg.hydra.sweeper.params.model).split(",")
+        assert set(NAS_CELLS) <= set(models) and set(models) & set(ZOO)
+        for model in models:  # each at its own model file's size, as the sweep runs it
+            point = hydra_compose(
+                config_name="config", overrides=[f"experiment={preset}", f"model={model}"]
+            )
+            assert point.model.name == model and point.tracking.experiment == experiment
+            assert "openvino" in point.measure.compare
+            if model == "darts":  # the paper's CIFAR network
+                assert (point.model.depth, point.model.width) == (20, 36)

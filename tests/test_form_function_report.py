@@ -17,8 +17,14 @@ from dlas.report import load_points
 from dlas.report.form_function import (
     LONG_COLUMNS,
     compiled_paths,
+    fastest_networks,
+    form_function_points,
     is_form_function,
     macs_latency_correlations,
+    network_points,
+    networks,
+    paper_comparison,
+    speedup_by_kind,
     speedup_by_pattern,
 )
 from dlas.report.write import FORM_FUNCTION_OUTPUTS, OUTPUTS, write_report
@@ -130,6 +136,76 @@ def test_speedup_by_pattern_is_the_geometric_mean_per_pattern_and_compiler() -> 
     )
     assert cells.loc[("residual", "tvm_untuned"), "min_speedup"] == 0.25
     assert cells["n"].tolist() == [4] * 6
+
+
+# (model, depth, width) -> eager ms, then (openvino, onnxruntime) ms; depth None: a zoo model
+NETWORKS = {
+    ("resnet18", None, None): (4.0, 1.0, 0.8),
+    ("mobilenet_v2", None, None): (3.0, 0.5, 0.4),
+    ("darts", 20, 36): (12.0, 1.0, 2.0),
+    ("inverted_residual", 2, 16): (5.0, 1.0, 1.0),  # a pattern point, not a network
+    ("plain", 2, 16): (2.0, 1.0, 1.0),
+}
+
+
+def network_frame() -> pd.DataFrame:
+    rows = []
+    for (model, depth, width), (eager, *paths) in NETWORKS.items():
+        row = {
+            "model": model,
+            "depth": math.nan if depth is None else float(depth),
+            "width": math.nan if width is None else float(width),
+            "compiler": "openvino",
+            "torch_latency_ms": eager,
+            "latency_ms": paths[0],
+            "speedup": eager / paths[0],
+        }
+        for compiler, ms in zip(("openvino", "onnxruntime"), paths, strict=True):
+            row |= {f"{compiler}/latency_ms": ms, f"{compiler}/speedup": eager / ms}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_networks_set_nas_found_against_hand_crafted_and_the_papers_findings() -> None:
+    points = network_frame()
+    nets = networks(compiled_paths(network_points(points)))
+    # whole networks only (zoo and NAS-found), fastest eager first, eager path included
+    assert list(dict.fromkeys(nets["network"])) == ["mobilenet_v2", "resnet18", "darts d20 w36"]
+    assert len(nets) == 3 * 3
+    assert set(nets[nets["network"] == "darts d20 w36"]["kind"]) == {"NAS-found"}
+    kinds = speedup_by_kind(nets).set_index(["kind", "compiler"])
+    assert kinds.loc[("hand-crafted", "openvino"), "geomean_speedup"] == pytest.approx(
+        math.sqrt(4.0 * 6.0)
+    )
+    assert kinds.loc[("NAS-found", "openvino"), "geomean_speedup"] == pytest.approx(12.0)
+    assert kinds.loc[("NAS-found", "onnxruntime"), "n"] == 1
+    fastest = fastest_networks(nets).set_index("compiler")
+    assert fastest.loc["openvino", "network"] == "mobilenet_v2"
+    assert fastest.loc["openvino", "latency_ms"] == 0.5
+    assert fastest.loc["openvino", "runner_up"] == "resnet18"  # the tie with darts: eager order
+    assert fastest.loc["pytorch", "network"] == "mobilenet_v2"
+
+    by_pattern = speedup_by_pattern(compiled_paths(form_function_points(points)))
+    paper = paper_comparison(by_pattern, nets).set_index("finding")
+    assert paper.loc["mean speedup over the patterns", "here"] == f"{math.sqrt(5.0 * 2.0):.2f}x"
+    assert paper.loc["pattern that gains most", "here"] == "inverted_residual, 5.00x"
+    assert paper.loc["NAS-found network gains most", "agrees"]
+    assert paper.loc["fastest network", "here"] == "mobilenet_v2, 0.5 ms"
+    assert paper["agrees"].tolist() == [True, True, True, True]
+    # another accelerator: onnxruntime's largest gain is a hand-crafted network's
+    other = paper_comparison(by_pattern, nets, "onnxruntime").set_index("finding")
+    assert other.loc["NAS-found network gains most", "agrees"] == False  # noqa: E712
+    assert other.loc["NAS-found network gains most", "here"] == (
+        "darts d20 w36, 6.00x (most: mobilenet_v2, 7.50x)"
+    )
+
+
+def test_paper_comparison_without_points_says_nothing() -> None:
+    empty = networks(compiled_paths(network_points(hand_made_points())))
+    assert empty.empty
+    paper = paper_comparison(speedup_by_pattern(compiled_paths(hand_made_points())), empty)
+    assert paper["here"].tolist() == ["", "", "", ""]  # no openvino path was timed
+    assert paper["agrees"].isna().all()
 
 
 def test_compiled_paths_discovers_compilers_falls_back_and_adds_eager() -> None:

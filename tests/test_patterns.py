@@ -64,7 +64,9 @@ def test_darts_is_the_papers_network() -> None:
     the auxiliary head), and a 28x28 digit through the compact stem meets an odd 7x7 map
     at the second reduction, which the factorized reduction pads."""
     assert count("darts", 20, 36) == 3_349_342
-    model = get_model("darts", num_classes=10, in_channels=1, input_size=28, stem="compact")
+    model = get_model(
+        "darts", num_classes=10, in_channels=1, input_size=28, stem="compact", depth=8, width=16
+    )
     assert [c.reduction for c in model.cells] == [
         False,
         False,

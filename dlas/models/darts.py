@@ -12,8 +12,8 @@ is built here as the paper's CIFAR network, not as a block of ``patterns``:
 with the cells at 1/3 and 2/3 of the depth being reduction cells (stride 2, channels
 doubled), exactly as the DARTS CIFAR network places them. ``model.depth`` is the number
 of cells and ``model.width`` the initial channels: the paper's evaluated network is
-depth 20, width 36 (3.3 M parameters); the network it searched in is depth 8, width 16,
-this family's default (``conf/model/darts.yaml``).
+depth 20, width 36 (3.3 M parameters), this family's default (``conf/model/darts.yaml``);
+the network it searched in is depth 8, width 16.
 
 What is left out, and why: the auxiliary head and drop-path are training aids of the
 paper's 600-epoch schedule, not part of the deployed network, so they would only change
@@ -247,8 +247,8 @@ def build_darts_model(
     num_classes: int,
     in_channels: int = 3,
     input_size: int = 32,
-    depth: int = 8,
-    width: int = 16,
+    depth: int = 20,
+    width: int = 36,
     stem: str = "auto",
     pretrained: bool = False,
 ) -> DartsNet:

@@ -302,7 +302,19 @@ def working_set_vs_speedup(long: pd.DataFrame, path: Path) -> Path:
     """Speedup against the working set (parameters + the largest layer's activations,
     batch 1), with the host's last-level cache marked: does a compiler's gain fall off
     once the model no longer fits in cache? Points over the LLC are drawn hollow."""
-    rows = compiled_only(long)
+    return working_set_figure(long, "speedup", path)
+
+
+def working_set_vs_latency(long: pd.DataFrame, path: Path) -> Path:
+    """Latency (eager included) against the working set, the LLC marked: does latency
+    jump where the model stops fitting in cache?"""
+    return working_set_figure(long, "latency_ms", path)
+
+
+def working_set_figure(long: pd.DataFrame, y: str, path: Path) -> Path:
+    """``y`` (``speedup`` or ``latency_ms``) against the working set, per compiler
+    (colour) and pattern (marker), points over the LLC hollow, the LLC a dashed line."""
+    rows = compiled_only(long) if y == "speedup" else long[long["latency_ms"] > 0]
     rows = rows[rows["working_set_bytes"] > 0]
     colors = compiler_colors(rows["compiler"])
     markers = pattern_markers(rows["pattern"])
@@ -314,7 +326,7 @@ def working_set_vs_speedup(long: pd.DataFrame, path: Path) -> Path:
         color = colors[compiler]
         ax.scatter(
             group["working_set_bytes"] / MIB,
-            group["speedup"],
+            group[y],
             marker=markers[pattern],
             s=44 if exceeds else 36,
             facecolors="none" if exceeds else color,
@@ -341,13 +353,16 @@ def working_set_vs_speedup(long: pd.DataFrame, path: Path) -> Path:
         llc_handles.append(Line2D([], [], color="firebrick", ls="--", label=llc_label(llc)))
     ax.set_xscale("log")
     plain_log_ticks(ax.xaxis)
-    speedup_axis(ax)
+    if y == "speedup":
+        speedup_axis(ax)
+    else:
+        ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis)
     ax.set_xlabel("working set: parameters + largest layer in+out, batch 1 (MiB, log scale)")
-    ax.set_ylabel(QUANTITY_LABELS["speedup"])
+    ax.set_ylabel(QUANTITY_LABELS[y])
     over = int(rows["exceeds_llc"].sum())
-    ax.set_title(
-        f"Speedup vs working set ({over} of {len(rows)} compiled paths over the LLC, hollow)"
-    )
+    what = "Speedup" if y == "speedup" else "Latency"
+    ax.set_title(f"{what} vs working set ({over} of {len(rows)} paths over the LLC, hollow)")
     ax.grid(True, which="both", alpha=0.3)
     fill_handles = [
         Line2D([], [], ls="", marker="o", color="dimgray", label="fits in LLC"),
@@ -360,4 +375,36 @@ def working_set_vs_speedup(long: pd.DataFrame, path: Path) -> Path:
         "pattern (marker), cache",
         top=False,
     )
+    return save(fig, path)
+
+
+def networks_latency(table: pd.DataFrame, path: Path) -> Path:
+    """Latency of every whole network (rows, fastest eager first) under every compiled
+    path (bars, eager included), log scale; NAS-found networks' labels in bold. The
+    question of the paper's last section: which network is fastest once compiled, and is
+    it the one that was fastest natively?"""
+    from dlas.report.form_function import NAS_FOUND
+
+    nets = list(dict.fromkeys(table["network"]))
+    kinds = dict(zip(table["network"], table["kind"], strict=False))
+    colors = compiler_colors(table["compiler"])
+    bar = 0.8 / max(len(colors), 1)
+    fig = Figure(figsize=(8.5, max(3.0, 0.22 * len(nets) * len(colors) + 1.5)))
+    ax = fig.subplots()
+    for i, compiler in enumerate(colors):
+        rows = table[table["compiler"] == compiler].groupby("network")["latency_ms"].median()
+        rows = rows.reindex([n for n in nets if n in rows.index])
+        y = np.array([nets.index(n) for n in rows.index]) + (i - (len(colors) - 1) / 2) * bar
+        ax.barh(y, rows.to_numpy(float), height=bar * 0.92, color=colors[compiler], zorder=2)
+    ax.set_yticks(range(len(nets)), nets)
+    for label in ax.get_yticklabels():
+        if kinds.get(label.get_text()) == NAS_FOUND:
+            label.set_fontweight("bold")
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    plain_log_ticks(ax.xaxis)
+    ax.set_xlabel(QUANTITY_LABELS["latency_ms"])
+    ax.set_title("Whole networks: latency per compiled path (bold: NAS-found)")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    legend_outside(ax, compiler_handles(colors), "compiler", top=True)
     return save(fig, path)

@@ -274,3 +274,178 @@ def knob_lines(long: pd.DataFrame, x: str, y: str, style: str) -> pd.DataFrame:
         return pd.DataFrame(columns=keys + [y])
     lines = rows.groupby(keys, sort=False)[y].median().reset_index()
     return sort_paths(lines).reset_index(drop=True)
+
+
+# ------------------------------------------------------------------ whole networks
+#: NAS-found families (dlas.models.NAS_CELLS, spelt out for the same reason as above)
+NAS_FAMILIES = ("darts",)
+HAND_CRAFTED, NAS_FOUND = "hand-crafted", "NAS-found"
+NETWORK_COLUMNS = ("network", "kind", "compiler", "latency_ms", "speedup", "macs")
+KIND_COLUMNS = ("kind", "compiler", "geomean_speedup", "min_speedup", "max_speedup", "n")
+FASTEST_COLUMNS = ("compiler", "network", "kind", "latency_ms", "speedup", "runner_up")
+#: the paper's findings (Abbasi et al. 2021, abstract): OpenVINO against the native
+#: framework on their Intel CPU; what :func:`paper_comparison` sets ours beside
+PAPER_ACCELERATOR = "openvino"
+PAPER_MEAN_SPEEDUP = 3.8  # "an average inference speed-up of 380%", all patterns
+PAPER_BEST_PATTERN = ("inverted_residual", 5.5)  # "depthwise bottleneck ... at 550%"
+PAPER_NAS_SPEEDUP = ("darts", 12.0)  # "DARTS-derived architecture ... (1200%)"
+PAPER_FASTEST = ("mobilenet_v2", 2.4)  # "MobileNet-V2 ... lowest ... around 2.4 ms"
+PAPER_COLUMNS = ("finding", "paper", "here", "agrees")
+
+
+def network_kind(model: str) -> str:
+    """NAS-found or hand-crafted, for a whole network (a zoo model or a NAS family)."""
+    return NAS_FOUND if model in NAS_FAMILIES else HAND_CRAFTED
+
+
+def network_points(points: pd.DataFrame) -> pd.DataFrame:
+    """The whole networks among ``points``: zoo models (they log no depth and width) and
+    NAS-found families, as opposed to the pattern families' synthetic stacks."""
+    model = points["model"] if "model" in points.columns else pd.Series("", index=points.index)
+    depth = _column(points, "depth")
+    return points[model.isin(NAS_FAMILIES) | (depth.isna() & model.notna() & (model != ""))]
+
+
+def _network_label(row: pd.Series) -> str:
+    """``resnet18``; a sized family with its size: ``darts d20 w36``."""
+    if pd.notna(row["depth"]) and pd.notna(row["width"]):
+        return f"{row['pattern']} d{int(row['depth'])} w{int(row['width'])}"
+    return str(row["pattern"])
+
+
+def networks(long: pd.DataFrame) -> pd.DataFrame:
+    """One row per (network, compiled path, eager included) of the long frame of
+    :func:`network_points`. Columns :data:`NETWORK_COLUMNS`, fastest eager first."""
+    if long.empty:
+        return pd.DataFrame(columns=list(NETWORK_COLUMNS))
+    table = long.assign(
+        network=long.apply(_network_label, axis=1), kind=long["pattern"].map(network_kind)
+    )
+    eager = table[table["compiler"] == EAGER].groupby("network")["latency_ms"].median()
+    table = table.assign(_eager=table["network"].map(eager))
+    table = table.sort_values(
+        ["_eager", "compiler"],
+        key=lambda c: c.map(lambda v: order_key(v, COMPILER_ORDER)) if c.name == "compiler" else c,
+        kind="stable",
+    )
+    return table[list(NETWORK_COLUMNS)].reset_index(drop=True)
+
+
+def speedup_by_kind(table: pd.DataFrame) -> pd.DataFrame:
+    """Per kind (hand-crafted, NAS-found) and compiler: the speedup over eager across the
+    networks of that kind (geometric mean, min, max, n). Columns :data:`KIND_COLUMNS`."""
+    timed = table[(table["compiler"] != EAGER) & (table["speedup"] > 0)]
+    rows = [
+        {
+            "kind": kind,
+            "compiler": compiler,
+            "geomean_speedup": geometric_mean(group["speedup"]),
+            "min_speedup": float(group["speedup"].min()),
+            "max_speedup": float(group["speedup"].max()),
+            "n": len(group),
+        }
+        for (kind, compiler), group in timed.groupby(["kind", "compiler"], sort=False)
+    ]
+    out = pd.DataFrame(rows, columns=list(KIND_COLUMNS))
+    return out.sort_values(
+        ["kind", "compiler"],
+        key=lambda c: c.map(lambda v: order_key(v, COMPILER_ORDER)) if c.name == "compiler" else c,
+        kind="stable",
+    ).reset_index(drop=True)
+
+
+def fastest_networks(table: pd.DataFrame) -> pd.DataFrame:
+    """Per compiled path (eager included), the network with the lowest latency, and the
+    one after it. Columns :data:`FASTEST_COLUMNS`."""
+    rows = []
+    timed = table[table["latency_ms"] > 0]
+    for compiler, group in timed.groupby("compiler", sort=False):
+        ranked = group.sort_values("latency_ms", kind="stable")
+        best = ranked.iloc[0]
+        rows.append(
+            {
+                "compiler": compiler,
+                "network": best["network"],
+                "kind": best["kind"],
+                "latency_ms": float(best["latency_ms"]),
+                "speedup": float(best["speedup"]),
+                "runner_up": ranked.iloc[1]["network"] if len(ranked) > 1 else "",
+            }
+        )
+    out = pd.DataFrame(rows, columns=list(FASTEST_COLUMNS))
+    return sort_paths(out).reset_index(drop=True)
+
+
+def paper_comparison(
+    by_pattern: pd.DataFrame, table: pd.DataFrame, accelerator: str = PAPER_ACCELERATOR
+) -> pd.DataFrame:
+    """The paper's four headline findings beside what this sweep measured for the same
+    accelerator (by default OpenVINO, the paper's), one row each; ``here`` is empty and
+    ``agrees`` None where the sweep has no point to say it with.
+
+    * mean speedup over the patterns (ours: geometric mean over every pattern point);
+    * the pattern that gains most (the paper: depthwise bottleneck, our inverted residual);
+    * the NAS-found network's speedup, and whether it is the largest of the networks;
+    * the fastest network.
+    ``agrees``: for the mean, whether the accelerator is faster than eager at all; for
+    the others, whether the same pattern / kind / network comes out on top.
+    Columns :data:`PAPER_COLUMNS`."""
+    ours = by_pattern[by_pattern["compiler"] == accelerator]
+    patterns = ours[~ours["pattern"].isin(NAS_FAMILIES)]
+    nets = table[(table["compiler"] == accelerator) & (table["speedup"] > 0)]
+    rows: list[dict] = []
+
+    def add(finding: str, paper: str, here: str, agrees: bool | None) -> None:
+        rows.append({"finding": finding, "paper": paper, "here": here, "agrees": agrees})
+
+    if patterns.empty:
+        add("mean speedup over the patterns", f"{PAPER_MEAN_SPEEDUP:g}x", "", None)
+        add(
+            "pattern that gains most",
+            f"{PAPER_BEST_PATTERN[0]}, {PAPER_BEST_PATTERN[1]:g}x",
+            "",
+            None,
+        )
+    else:
+        mean = geometric_mean(patterns["geomean_speedup"].repeat(patterns["n"]))
+        add("mean speedup over the patterns", f"{PAPER_MEAN_SPEEDUP:g}x", f"{mean:.2f}x", mean > 1)
+        top = patterns.sort_values("geomean_speedup", ascending=False).iloc[0]
+        add(
+            "pattern that gains most",
+            f"{PAPER_BEST_PATTERN[0]}, {PAPER_BEST_PATTERN[1]:g}x",
+            f"{top['pattern']}, {top['geomean_speedup']:.2f}x",
+            top["pattern"] == PAPER_BEST_PATTERN[0],
+        )
+    nas = nets[nets["kind"] == NAS_FOUND]
+    if nas.empty:
+        add(
+            "NAS-found network gains most",
+            f"{PAPER_NAS_SPEEDUP[0]}, {PAPER_NAS_SPEEDUP[1]:g}x",
+            "",
+            None,
+        )
+    else:
+        best = nets.sort_values("speedup", ascending=False).iloc[0]
+        nas_best = nas.sort_values("speedup", ascending=False).iloc[0]
+        add(
+            "NAS-found network gains most",
+            f"{PAPER_NAS_SPEEDUP[0]}, {PAPER_NAS_SPEEDUP[1]:g}x",
+            f"{nas_best['network']}, {nas_best['speedup']:.2f}x"
+            + (
+                ""
+                if best["kind"] == NAS_FOUND
+                else f" (most: {best['network']}, {best['speedup']:.2f}x)"
+            ),
+            best["kind"] == NAS_FOUND,
+        )
+    if nets.empty:
+        add("fastest network", f"{PAPER_FASTEST[0]}, ~{PAPER_FASTEST[1]:g} ms", "", None)
+    else:
+        fastest = nets.sort_values("latency_ms").iloc[0]
+        add(
+            "fastest network",
+            f"{PAPER_FASTEST[0]}, ~{PAPER_FASTEST[1]:g} ms",
+            f"{fastest['network']}, {fastest['latency_ms']:.3g} ms",
+            fastest["network"] == PAPER_FASTEST[0],
+        )
+    return pd.DataFrame(rows, columns=list(PAPER_COLUMNS))

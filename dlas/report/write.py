@@ -14,9 +14,14 @@ from dlas.report import figures, form_figures
 from dlas.report.analysis import best_algorithms, pareto_front_per_dataset, rank_correlations
 from dlas.report.form_function import (
     compiled_paths,
+    fastest_networks,
     form_function_points,
     is_form_function,
     macs_latency_correlations,
+    network_points,
+    networks,
+    paper_comparison,
+    speedup_by_kind,
     speedup_by_pattern,
 )
 from dlas.report.tables import points_table, write_correlations, write_table
@@ -53,6 +58,16 @@ FORM_FUNCTION_OUTPUTS = (
     "speedup_vs_width.png",
     "macs_vs_latency.png",
     "working_set_vs_speedup.png",
+    "working_set_vs_latency.png",
+    "networks.csv",
+    "networks.md",
+    "speedup_by_kind.csv",
+    "speedup_by_kind.md",
+    "fastest_network.csv",
+    "fastest_network.md",
+    "paper_comparison.csv",
+    "paper_comparison.md",
+    "networks.png",
 )
 
 
@@ -96,18 +111,27 @@ def write_report(points: pd.DataFrame, out_dir: Path | str) -> list[Path]:
         if heatmap is not None:
             written.append(heatmap)
     if is_form_function(points):
-        written += write_form_function(compiled_paths(form_function_points(points)), out_dir)
+        long = compiled_paths(form_function_points(points))
+        written += write_form_function(long, compiled_paths(network_points(points)), out_dir)
     return written
 
 
-def write_form_function(long: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """The form-function study from the long frame of its points: the tables always (with
-    no rows when nothing was timed), each figure when it has something to draw."""
+def write_form_function(long: pd.DataFrame, nets_long: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """The form-function study from the long frames of its sized points (``long``) and of
+    its whole networks (``nets_long``: zoo and NAS-found): the tables always (with no rows
+    when nothing was timed), each figure when it has something to draw."""
     by_pattern = speedup_by_pattern(long)
     correlations = macs_latency_correlations(long)
+    nets = networks(nets_long)
     written = write_table(long, out_dir, "compiled_paths")
     written += write_table(by_pattern, out_dir, "speedup_by_pattern")
     written += write_table(correlations, out_dir, "macs_vs_latency")
+    written += write_table(nets, out_dir, "networks")
+    written += write_table(speedup_by_kind(nets), out_dir, "speedup_by_kind")
+    written += write_table(fastest_networks(nets), out_dir, "fastest_network")
+    written += write_table(paper_comparison(by_pattern, nets), out_dir, "paper_comparison")
+    if nets["latency_ms"].notna().any():
+        written.append(form_figures.networks_latency(nets, out_dir / "networks.png"))
     if long["latency_ms"].notna().any():
         written.append(form_figures.latency_vs_depth(long, out_dir / "latency_vs_depth.png"))
         written.append(form_figures.latency_vs_width(long, out_dir / "latency_vs_width.png"))
@@ -124,5 +148,8 @@ def write_form_function(long: pd.DataFrame, out_dir: Path) -> list[Path]:
         if (long["working_set_bytes"] > 0).any():
             written.append(
                 form_figures.working_set_vs_speedup(long, out_dir / "working_set_vs_speedup.png")
+            )
+            written.append(
+                form_figures.working_set_vs_latency(long, out_dir / "working_set_vs_latency.png")
             )
     return written
