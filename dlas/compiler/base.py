@@ -8,8 +8,9 @@ what it is once, where it is defined (:func:`register_compiler` on its class): w
 layer 4's algorithms and data formats apply to it (``uses_algorithms``), whether it
 searches schedules within a trial budget (``tunes``), and which hardware it runs on.
 Adding a compiler is one module with a registered class plus one ``conf/compiler`` YAML
-file whose ``_target_`` names the class (or :func:`get_compiler`, once the module is
-imported).
+file whose ``_target_`` names the class: named as ``compiler=`` or in
+``measure.compare``, its module is imported from that ``_target_``
+(:func:`compiler_class`).
 """
 
 from __future__ import annotations
@@ -112,8 +113,46 @@ def register_compiler(name: str) -> Callable[[type[Compiler]], type[Compiler]]:
 
 
 def compiler_class(name: str) -> type[Compiler]:
-    """The registered class of ``name``; unknown names name the valid choices."""
+    """The registered class of ``name``; unknown names name the valid choices.
+
+    A name no imported module registered (a plugin's, given only in ``measure.compare``)
+    is looked up where Hydra finds this run's configs: the ``_target_`` of its
+    ``compiler/<name>.yaml`` is imported, which registers it, so that a new compiler stays
+    one module plus one YAML file wherever it is named."""
+    if name not in COMPILERS.names():
+        import_declared(name)
     return COMPILERS.get(name)
+
+
+def import_declared(name: str) -> None:
+    """Import the module of the class ``compiler/<name>.yaml`` names as its ``_target_``,
+    in the first of this Hydra run's config sources that has the file (none outside a
+    Hydra run, or when no source declares ``name``: the registry's error says the rest)."""
+    import importlib
+    import importlib.resources
+
+    from omegaconf import OmegaConf
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        sources = HydraConfig.get().runtime.config_sources
+    except (ImportError, ValueError):  # not inside a Hydra run
+        return
+    for source in sources:
+        if source.schema == "file":
+            path: Any = Path(source.path) / "compiler" / f"{name}.yaml"
+        elif source.schema == "pkg":
+            path = importlib.resources.files(source.path.replace("/", ".")) / "compiler"
+            path = path / f"{name}.yaml"
+        else:
+            continue
+        if not path.is_file():
+            continue
+        target = OmegaConf.create(path.read_text()).get("_target_")
+        if isinstance(target, str) and "." in target:
+            importlib.import_module(target.rsplit(".", 1)[0])
+        return
 
 
 def get_compiler(name: str, **options: Any) -> Compiler:

@@ -35,7 +35,13 @@ from typing import Any
 import numpy as np
 
 from dlas.compiler.base import register_compiler
-from dlas.compiler.baselines import Framework, _plain_samples, _single_output, export_onnx
+from dlas.compiler.baselines import (
+    Framework,
+    _plain_samples,
+    _single_output,
+    _timed_s,
+    export_onnx,
+)
 from dlas.compiler.measure import Latency, Protocol, Timer, time_callable
 from dlas.hardware.threads import set_threads
 
@@ -156,8 +162,9 @@ class OpenVino(Framework):
         with tempfile.TemporaryDirectory(prefix="dlas-openvino-") as workdir:
             runner = self._open(program_path, x, resolved, workdir)
         latency = time_callable(runner, protocol, what="openvino", threads=resolved)
-        timed = sum(latency.samples_ms) * latency.number / 1e3
-        return dataclasses.replace(latency, setup_s=time.perf_counter() - started - timed)
+        return dataclasses.replace(
+            latency, setup_s=time.perf_counter() - started - _timed_s(latency)
+        )
 
     def timer(self, static_path: str, example: np.ndarray, threads: int, workdir: str) -> Timer:
         return functools.partial(_plain_samples, self._open(static_path, example, threads, workdir))
