@@ -227,8 +227,6 @@ def test_best_gives_each_layer_its_fastest_tuned_candidate(workdir):
         timed = {k: v for k, v in layer["candidate_ms"].items() if v is not None}
         assert timed, layer  # the layer's kernels were tuned under some candidate
         assert timed[layer["algorithm"]] == min(timed.values()), layer
-    second = run_point(compose(*args))  # the candidates' database is reused: no search
-    assert second["tune_s"] == 0 and second["max_abs_err_vs_torch"] < 1e-3
 
 
 @pytest.mark.e2e
