@@ -133,7 +133,7 @@ def test_bad_input_fails_early_and_clearly(workdir, bad, message):
         ("trainer.max_epoch=3", "max_epoch"),
         (
             "model.name=resnet19",
-            "unknown model 'resnet19'; valid choices: bottleneck, dense, densenet121",
+            "unknown model 'resnet19'; valid choices: bottleneck, darts, dense, densenet121",
         ),
         ("trainer.lr=fast", "trainer.lr"),
     ],
