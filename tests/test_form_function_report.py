@@ -200,6 +200,19 @@ def test_networks_set_nas_found_against_hand_crafted_and_the_papers_findings() -
     )
 
 
+def test_a_pattern_measured_once_still_gets_its_bar(tmp_path: Path) -> None:
+    """One point per pattern: the geometric mean is that speedup only up to rounding
+    (exp(log(s)) != s), which must not make a negative whisker (a first quick sweep's
+    report failed on it)."""
+    from dlas.report import form_figures
+
+    points = network_frame()
+    table = speedup_by_pattern(compiled_paths(form_function_points(points)))
+    assert set(table["n"]) == {1}
+    path = form_figures.speedup_by_pattern(table, tmp_path / "one.png")
+    assert imread(path)[..., :3].std() > 0.05
+
+
 def test_paper_comparison_without_points_says_nothing() -> None:
     empty = networks(compiled_paths(network_points(hand_made_points())))
     assert empty.empty

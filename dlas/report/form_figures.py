@@ -111,7 +111,8 @@ def speedup_by_pattern(table: pd.DataFrame, path: Path) -> Path:
         ax.errorbar(
             x,
             mean,
-            yerr=[mean - low, high - mean],
+            # clipped: a geometric mean of one point is that point only up to rounding
+            yerr=[np.clip(mean - low, 0, None), np.clip(high - mean, 0, None)],
             fmt="none",
             ecolor="black",
             elinewidth=0.8,
