@@ -45,15 +45,19 @@ if TYPE_CHECKING:
 TORCH_MODES = ("eager", "compile")
 
 
-def load_module(program_path: str | os.PathLike) -> Any:
-    """The ``nn.Module`` of a saved ``torch.export`` program, in eval semantics."""
+def load_saved_program(program_path: str | os.PathLike) -> Any:
+    """A saved ``torch.export`` program; a bad or missing file is one clear error."""
     from dlas.models.export import load_program
 
     try:
-        program = load_program(str(program_path))
+        return load_program(str(program_path))
     except Exception as err:  # torch raises many types for a bad / missing file
         raise ValueError(f"cannot load torch.export program {program_path}: {err}") from err
-    return program.module()
+
+
+def load_module(program_path: str | os.PathLike) -> Any:
+    """The ``nn.Module`` of a saved ``torch.export`` program, in eval semantics."""
+    return load_saved_program(program_path).module()
 
 
 def _single_output(value: Any, what: str) -> np.ndarray:

@@ -41,6 +41,7 @@ from dlas.compiler.baselines import (
     _single_output,
     _timed_s,
     export_onnx,
+    load_saved_program,
 )
 from dlas.compiler.measure import Latency, Protocol, Timer, time_callable
 from dlas.hardware.threads import set_threads
@@ -84,12 +85,8 @@ def convert(program_path: str, example: np.ndarray, workdir: str) -> tuple[Any, 
     import torch
 
     from dlas.compiler.int8 import is_quantized
-    from dlas.models.export import load_program
 
-    try:
-        program = load_program(program_path)
-    except Exception as err:
-        raise ValueError(f"cannot load torch.export program {program_path}: {err}") from err
+    program = load_saved_program(program_path)
     hint = precision_hint(_input_dtype(program))
     if is_quantized(program):
         onnx_path = Path(workdir) / (Path(program_path).stem + ".onnx")

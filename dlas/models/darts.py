@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlas.models.patterns import check_sizes
 from dlas.models.zoo import resolve_stem
 
 #: the genotype the DARTS paper reports for CIFAR-10 (second-order search, "DARTS_V2"):
@@ -253,9 +254,7 @@ def build_darts_model(
     pretrained: bool = False,
 ) -> DartsNet:
     """``model=darts``: ``depth`` cells from ``width`` initial channels."""
-    for knob, value in (("depth", depth), ("width", width)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"model.{knob}={value!r}: must be an integer >= 1")
+    check_sizes(depth=depth, width=width)
     if width % 2:
         raise ValueError(
             f"model.width={width}: DARTS halves channels in its reductions, so width must be even"

@@ -228,13 +228,19 @@ class PatternNet(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
+def check_sizes(**knobs: int) -> None:
+    """Every size knob of a family (``depth=2``, ``width=16``...) a positive integer, or an
+    error naming it (the pattern families' and DARTS's alike)."""
+    for knob, value in knobs.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"model.{knob}={value!r}: must be an integer >= 1")
+
+
 def check_pattern(pattern: str, depth: int, width: int, stages: int) -> None:
     """Fail before building, naming the bad value and what would be valid."""
     if pattern not in PATTERNS:
         raise ValueError(f"unknown pattern {pattern!r}; valid choices: {', '.join(PATTERNS)}")
-    for knob, value in (("depth", depth), ("width", width), ("stages", stages)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"model.{knob}={value!r}: must be an integer >= 1")
+    check_sizes(depth=depth, width=width, stages=stages)
     if pattern == "bottleneck" and width % BOTTLENECK_REDUCTION:
         raise ValueError(
             f"model.width={width}: a bottleneck reduces channels by {BOTTLENECK_REDUCTION}, "

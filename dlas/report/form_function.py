@@ -168,8 +168,11 @@ def compiled_paths(points: pd.DataFrame) -> pd.DataFrame:
     return sort_paths(long)[list(LONG_COLUMNS)].reset_index(drop=True)
 
 
-def sort_paths(long: pd.DataFrame) -> pd.DataFrame:
-    """Pattern (simplest first), depth, width, then compiler (eager first)."""
+def sort_paths(
+    long: pd.DataFrame, by: tuple[str, ...] = ("pattern", "depth", "width", "compiler")
+) -> pd.DataFrame:
+    """Sorted by the columns ``by`` that ``long`` has: by default pattern (simplest first),
+    depth, width, then compiler (eager first); patterns and compilers in display order."""
 
     def key(column: pd.Series) -> pd.Series:
         if column.name == "pattern":
@@ -178,7 +181,7 @@ def sort_paths(long: pd.DataFrame) -> pd.DataFrame:
             return column.map(lambda v: order_key(v, COMPILER_ORDER))
         return column
 
-    keys = [c for c in ("pattern", "depth", "width", "compiler") if c in long.columns]
+    keys = [c for c in by if c in long.columns]
     return long.sort_values(keys, key=key, kind="stable", na_position="last")
 
 
@@ -200,20 +203,26 @@ def speedup_by_pattern(long: pd.DataFrame) -> pd.DataFrame:
     every pattern; the spread between patterns is how much the form matters.
     Columns :data:`SPEEDUP_COLUMNS`, rows in pattern then compiler order.
     """
-    timed = compiled_only(long)
+    table = speedup_summary(compiled_only(long), "pattern")
+    return sort_paths(table).reset_index(drop=True)
+
+
+def speedup_summary(timed: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Per ``by`` value and compiler: the geometric mean, min and max speedup of the
+    ``timed`` paths, and their number, in first-seen order."""
     rows = [
         {
-            "pattern": pattern,
+            by: value,
             "compiler": compiler,
             "geomean_speedup": geometric_mean(group["speedup"]),
             "min_speedup": float(group["speedup"].min()),
             "max_speedup": float(group["speedup"].max()),
             "n": len(group),
         }
-        for (pattern, compiler), group in timed.groupby(["pattern", "compiler"], sort=False)
+        for (value, compiler), group in timed.groupby([by, "compiler"], sort=False)
     ]
-    table = pd.DataFrame(rows, columns=list(SPEEDUP_COLUMNS))
-    return sort_paths(table).reset_index(drop=True)
+    columns = [by, *SPEEDUP_COLUMNS[1:]]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -281,7 +290,7 @@ def knob_lines(long: pd.DataFrame, x: str, y: str, style: str) -> pd.DataFrame:
 NAS_FAMILIES = ("darts",)
 HAND_CRAFTED, NAS_FOUND = "hand-crafted", "NAS-found"
 NETWORK_COLUMNS = ("network", "kind", "compiler", "latency_ms", "speedup", "macs")
-KIND_COLUMNS = ("kind", "compiler", "geomean_speedup", "min_speedup", "max_speedup", "n")
+KIND_COLUMNS = ("kind", *SPEEDUP_COLUMNS[1:])  # speedup_summary by kind
 FASTEST_COLUMNS = ("compiler", "network", "kind", "latency_ms", "speedup", "runner_up")
 #: the paper's findings (Abbasi et al. 2021, abstract): OpenVINO against the native
 #: framework on their Intel CPU; what :func:`paper_comparison` sets ours beside
@@ -323,35 +332,15 @@ def networks(long: pd.DataFrame) -> pd.DataFrame:
     )
     eager = table[table["compiler"] == EAGER].groupby("network")["latency_ms"].median()
     table = table.assign(_eager=table["network"].map(eager))
-    table = table.sort_values(
-        ["_eager", "compiler"],
-        key=lambda c: c.map(lambda v: order_key(v, COMPILER_ORDER)) if c.name == "compiler" else c,
-        kind="stable",
-    )
+    table = sort_paths(table, ("_eager", "compiler"))
     return table[list(NETWORK_COLUMNS)].reset_index(drop=True)
 
 
 def speedup_by_kind(table: pd.DataFrame) -> pd.DataFrame:
     """Per kind (hand-crafted, NAS-found) and compiler: the speedup over eager across the
     networks of that kind (geometric mean, min, max, n). Columns :data:`KIND_COLUMNS`."""
-    timed = table[(table["compiler"] != EAGER) & (table["speedup"] > 0)]
-    rows = [
-        {
-            "kind": kind,
-            "compiler": compiler,
-            "geomean_speedup": geometric_mean(group["speedup"]),
-            "min_speedup": float(group["speedup"].min()),
-            "max_speedup": float(group["speedup"].max()),
-            "n": len(group),
-        }
-        for (kind, compiler), group in timed.groupby(["kind", "compiler"], sort=False)
-    ]
-    out = pd.DataFrame(rows, columns=list(KIND_COLUMNS))
-    return out.sort_values(
-        ["kind", "compiler"],
-        key=lambda c: c.map(lambda v: order_key(v, COMPILER_ORDER)) if c.name == "compiler" else c,
-        kind="stable",
-    ).reset_index(drop=True)
+    out = speedup_summary(compiled_only(table), "kind")
+    return sort_paths(out, ("kind", "compiler")).reset_index(drop=True)
 
 
 def fastest_networks(table: pd.DataFrame) -> pd.DataFrame:
