@@ -78,6 +78,9 @@ def test_default_point_compiles_verifies_and_times(workdir):
         assert len(samples) == 3
         assert float(np.median(samples)) == pytest.approx(metrics[median])
     assert len(timing["attempts"]) == metrics["measure_attempts"]
+    # how long each worker waited for its threads to go idle after a round
+    assert set(timing["settle_ms_max"]) == {"tvm_untuned", "pytorch"}
+    assert all(0 < ms <= 2000 for ms in timing["settle_ms_max"].values())
 
 
 @pytest.mark.e2e

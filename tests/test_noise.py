@@ -131,6 +131,7 @@ class _Scripted:
     def __init__(self, name: str, script: list[list[float]], calls: list[str]) -> None:
         self.name, self.script, self.calls = name, iter(script), calls
         self.pid, self.threads, self.setup_s = os.getpid(), 1, 0.0
+        self.settle_ms: list[float] = []
 
     def time(self, protocol: Protocol) -> list[float]:
         self.calls.append(self.name)
@@ -250,6 +251,39 @@ def test_a_worker_crashing_mid_rounds_fails_naming_it() -> None:
             worker.time(Protocol(0, 2, 1))  # ...until its kernel faults
         with pytest.raises(MeasurementError, match="not running"):
             worker.time(Protocol(0, 1, 1))
+
+
+def _spin_after(protocol: Protocol) -> list[float]:
+    """A round that leaves a thread burning the CPU for ``number`` tenths of a second,
+    like a spin-waiting pool; its samples say when that thread stops."""
+    import threading
+
+    end = time.monotonic() + protocol.number / 10
+
+    def spin() -> None:
+        while time.monotonic() < end:
+            pass
+
+    threading.Thread(target=spin, daemon=True).start()
+    return [end] * protocol.repeat
+
+
+def _open_spinner() -> Loaded:
+    return Loaded(None, _spin_after)
+
+
+def test_a_round_ends_only_when_its_runtime_stops_spinning(caplog) -> None:
+    """onnxruntime's pool spun ~50 ms after each round and slowed the next runtime's first
+    samples 2-4x; a worker now answers only once its own threads have gone quiet."""
+    with Worker("spinner", timeout=120) as worker:
+        worker.start(_open_spinner)
+        (end,) = worker.time(Protocol(0, 1, 3))  # spins 0.3 s after the round
+        assert time.monotonic() >= end  # the round was not handed back while it spun
+        assert worker.settle_ms[-1] >= 200
+        with caplog.at_level("WARNING", logger="dlas.measure"):
+            worker.time(Protocol(0, 1, 30))  # spins 3 s: longer than the 1 s a worker waits
+        assert 1000 <= worker.settle_ms[-1] < 2500
+        assert "spinner: the runtime's threads still used the CPU" in caplog.text
 
 
 # ------------------------------------------------------------------ other processes' load

@@ -11,7 +11,10 @@ A :class:`Worker` keeps one runtime loaded in its own process and times it on re
 so a parent can interleave rounds of two runtimes (A/B/A/B) and compare them under one
 machine state without ever running two runtimes in one process (torch's OpenMP threads
 keep spinning after an eager call and slow whatever runs next to them). Each child is
-pinned to the cores it is timed on (:func:`dlas.hardware.threads.pin_to`).
+pinned to the cores it is timed on (:func:`dlas.hardware.threads.pin_to`), and ends each
+round only once its runtime's threads have gone idle
+(:func:`dlas.hardware.load.wait_until_idle`): a spin-waiting pool in one worker would
+otherwise slow the next worker's first samples.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import faulthandler
 import functools
 import gc
+import logging
 import multiprocessing
 import os
 import signal
@@ -36,8 +40,11 @@ if TYPE_CHECKING:
     from dlas.hardware import Device
 
 T = TypeVar("T")
+log = logging.getLogger("dlas.measure")
 
 _PROGRESS_EVERY_S = 2.0
+#: The longest a worker waits after a round for its runtime's threads to go idle.
+SETTLE_LIMIT_S = 1.0
 
 
 class MeasurementError(RuntimeError):
@@ -258,7 +265,13 @@ def _serve(conn: Any, timer: Timer) -> None:
         if command[0] == "stop":
             return
         _, protocol = command
-        conn.send(("ok", timer(protocol)))
+        samples = timer(protocol)
+        # The round ends when this runtime's threads have stopped spinning, so they do not
+        # take the cores from whichever runtime is timed next.
+        from dlas.hardware.load import wait_until_idle
+
+        waited_s, idle = wait_until_idle(SETTLE_LIMIT_S)
+        conn.send(("ok", (samples, waited_s, idle)))
 
 
 def _describe_exit(code: int | None) -> str:
@@ -291,6 +304,8 @@ class Worker:
         self.conn: Any = None
         self._pid = 0
         self.setup_s, self.threads = 0.0, 0
+        #: per round, how long the child waited for its threads to go idle after it (ms)
+        self.settle_ms: list[float] = []
 
     @property
     def pid(self) -> int:
@@ -329,7 +344,16 @@ class Worker:
         if self.proc is None:
             raise MeasurementError(f"measuring {self.label}: the worker is not running")
         self.conn.send(("time", protocol))
-        return self._receive()
+        samples, waited_s, idle = self._receive()
+        self.settle_ms.append(1e3 * waited_s)
+        if not idle:
+            log.warning(
+                "%s: the runtime's threads still used the CPU %.0f ms after its round "
+                "(a spin-waiting thread pool?); the runtime timed next may be slowed",
+                self.label,
+                1e3 * waited_s,
+            )
+        return samples
 
     def close(self) -> None:
         """Stop the child (politely, then by force) and release the pipe."""

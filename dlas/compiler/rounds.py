@@ -79,6 +79,9 @@ class Timing:
     #: why each attempt was judged noisy (empty list: it was quiet), in order
     attempt_reasons: list[list[str]] = field(default_factory=list)
     kept_attempt: int = 0  #: which of them ``samples`` are from (the quietest)
+    #: per runtime, the longest its worker waited for its threads to go idle after a
+    #: round (ms): a spin-waiting pool shows here, not in another runtime's samples
+    settle_ms: dict[str, float] = field(default_factory=dict)
 
     def record(self, number: int, cores: Sequence[int]) -> dict:
         """Everything behind the logged latencies, for ``latencies.json``: the raw samples
@@ -93,6 +96,7 @@ class Timing:
             "cpu_load_during": self.load_during,
             "attempts": [{"noisy": reasons} for reasons in self.attempt_reasons],
             "kept_attempt": self.kept_attempt,
+            "settle_ms_max": self.settle_ms,
         }
 
     @property
@@ -209,4 +213,5 @@ def time_paired(
         kept.samples,
         [a.reasons for a in attempts],
         kept_index,
+        {name: round(max(w.settle_ms, default=0.0), 1) for name, w in workers.items()},
     )

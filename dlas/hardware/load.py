@@ -111,3 +111,34 @@ def probe(cores: Iterable[int], seconds: float, own_pids: Iterable[int] = ()) ->
         time.sleep(seconds)
     assert monitor.result is not None
     return monitor.result
+
+
+#: A process counts as idle once it used less than this fraction of one core...
+IDLE_BELOW = 0.1
+#: ...over a window this long (``CLOCK_PROCESS_CPUTIME_ID`` counts in ns, not ticks).
+IDLE_WINDOW_S = 0.005
+
+
+def wait_until_idle(limit_s: float = 1.0) -> tuple[float, bool]:
+    """Wait until this process's threads stop using the CPU; return (seconds waited,
+    whether they did within ``limit_s``).
+
+    Why: a runtime's thread pool does not sleep when a call returns. onnxruntime's
+    workers spin-wait ~50 ms after a round, torch's OpenMP threads ~10 ms (measured on
+    this project's host). Whatever is timed next on the same cores loses those cores to
+    them: eager PyTorch timed right after an onnxruntime round ran 2-4x slower for its
+    first samples (7.7-13.7 ms against 3.5 ms), and a study timing four runtimes in
+    alternating rounds tagged every point noisy. A worker therefore ends each round only
+    when its own process has gone quiet.
+    """
+    started = previous_wall = time.perf_counter()
+    previous_cpu = time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID)
+    while True:
+        time.sleep(IDLE_WINDOW_S)
+        wall = time.perf_counter()
+        cpu = time.clock_gettime(time.CLOCK_PROCESS_CPUTIME_ID)
+        if cpu - previous_cpu < IDLE_BELOW * (wall - previous_wall):
+            return wall - started, True
+        if wall - started >= limit_s:
+            return wall - started, False
+        previous_wall, previous_cpu = wall, cpu
