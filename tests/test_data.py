@@ -122,3 +122,101 @@ def test_unknown_dataset_names_choices():
 def test_bad_fractions(kwargs):
     with pytest.raises(ValueError, match="fraction"):
         get_datamodule("mnist5k", **kwargs)
+
+
+# ------------------------------------------------------------- segmentation (issue 18)
+
+
+def test_digit_canvases_label_each_digit_pixel_with_its_class():
+    from dlas.data.segmentation import DigitCanvases
+
+    dm = DigitCanvases(image_size=48, max_digits=2, seed=0)
+    info = dm.describe()
+    assert (info["train_samples"], info["val_samples"], info["test_samples"]) == (3500, 500, 1000)
+    x, y = dm.example_batch(16)
+    assert x.shape == (16, 1, 48, 48) and y.shape == (16, 48, 48) and y.dtype == torch.int64
+    assert int(y.min()) == 0 and int(y.max()) <= 10  # background and 1 + digit
+    # labelled pixels are the bright ones: every labelled pixel's intensity is above every
+    # background pixel's darkest (the normalised blank canvas)
+    blank = x[:, 0][y == 0].min()
+    assert bool((x[:, 0][y > 0] > blank).all())
+    # most canvases hold one class per digit, and every class shows up in the test split
+    seen = torch.unique(torch.stack([dm.test_set[i][1] for i in range(len(dm.test_set))]))
+    assert seen.tolist() == list(range(11))
+    # the same seed makes the same canvases; another seed others
+    again = DigitCanvases(image_size=48, max_digits=2, seed=0).example_batch(16)
+    other = DigitCanvases(image_size=48, max_digits=2, seed=1).example_batch(16)
+    assert torch.equal(again[1], y) and not torch.equal(other[1], y)
+
+
+def test_digit_canvases_paste_digits_exactly():
+    from dlas.data.segmentation import paste_digits
+
+    digit = np.zeros((28, 28), dtype=np.float32)
+    digit[10:20, 12:16] = 1.0  # a bar: 40 bright pixels
+    image, labels = paste_digits(
+        digit[None], np.array([7]), size=28, max_digits=1, threshold=0.5,
+        rng=np.random.default_rng(0),
+    )  # fmt: skip
+    assert np.array_equal(image, digit)  # a 28-pixel canvas leaves one place for it
+    assert set(np.unique(labels)) == {0, 8} and int((labels == 8).sum()) == 40
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"image_size": 20}, "image_size=20"), ({"max_digits": 0}, "max_digits=0")],
+)
+def test_digit_canvases_bad_geometry(kwargs, message):
+    from dlas.data.segmentation import DigitCanvases
+
+    with pytest.raises(ValueError, match=message):
+        DigitCanvases(**kwargs)
+
+
+def write_voc(root: Path, names: dict[str, list[str]], size: tuple[int, int] = (40, 30)):
+    """A tiny Pascal-VOC 2012 folder in the real layout: JPEG images, palette PNG masks
+    (class index per pixel, 255 on borders) and the split lists."""
+    base = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, stems in names.items():
+        (base / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(stems) + "\n")
+        for i, stem in enumerate(stems):
+            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(base / "JPEGImages" / f"{stem}.jpg")
+            mask = np.zeros((size[1], size[0]), dtype=np.uint8)
+            mask[:, size[0] // 2 :] = 1 + i % 20  # right half: one class
+            mask[:, size[0] // 2] = 255  # its border: ignored
+            png = Image.frombytes("P", size, mask.tobytes())
+            png.putpalette([v for c in range(256) for v in (c, c, c)])
+            png.save(base / "SegmentationClass" / f"{stem}.png")
+    return base
+
+
+def test_voc_reads_real_layout(tmp_path):
+    from dlas.data.segmentation import IGNORE_INDEX, Voc
+
+    write_voc(tmp_path, {"train": [f"2007_{i:06d}" for i in range(10)], "val": ["2008_000001"]})
+    dm = Voc(root=str(tmp_path), image_size=16, val_fraction=0.2, seed=0)
+    info = dm.describe()
+    assert (info["train_samples"], info["val_samples"], info["test_samples"]) == (8, 2, 1)
+    assert info["num_classes"] == 21 and info["in_channels"] == 3
+    x, y = dm.example_batch(1)
+    assert x.shape == (1, 3, 16, 16) and x.dtype == torch.float32
+    assert y.shape == (1, 16, 16) and y.dtype == torch.int64
+    # resized nearest: only labels that were there (no blend of 1 and 255 in between)
+    assert set(torch.unique(y).tolist()) <= {0, 1, IGNORE_INDEX}
+    assert int((y[0, :, :7] == 0).sum()) == 16 * 7  # the left half stays background
+
+
+def test_voc_names_what_the_folder_lacks(tmp_path):
+    from dlas.data.segmentation import Voc
+
+    with pytest.raises(ValueError, match="dataset.root"):
+        Voc(root=None)
+    base = write_voc(tmp_path, {"train": ["a"], "val": ["b"]})
+    (base / "ImageSets" / "Segmentation" / "val.txt").unlink()
+    lacking = r"missing VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"
+    with pytest.raises(FileNotFoundError, match=lacking):
+        Voc(root=str(tmp_path))

@@ -13,6 +13,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 class ImageClassificationData(pl.LightningDataModule):
     name: str = "base"
+    #: the problem space: what a target is (a class per image, a class per pixel, ...)
+    task: str = "classification"
 
     def __init__(
         self,
@@ -90,7 +92,7 @@ class ImageClassificationData(pl.LightningDataModule):
         n = min(batch_size, len(self.test_set))  # type: ignore[arg-type]
         items = [self.test_set[i] for i in range(n)]
         x = torch.stack([torch.as_tensor(im) for im, _ in items])
-        y = torch.as_tensor([int(label) for _, label in items])
+        y = torch.stack([torch.as_tensor(label) for _, label in items])  # classes or masks
         return x, y
 
     def describe(self) -> dict[str, int]:

