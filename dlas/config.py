@@ -194,6 +194,9 @@ class MeasureConf:
 
     batch_size: int = ranged(1, ge=1)
     warmup: int = ranged(1, ge=0)
+    # ...and untimed runs on until this long has passed in each round (caches refilled
+    # after another runtime's round; see dlas.compiler.measure.Protocol)
+    warmup_ms: float = ranged(25.0, ge=0)
     repeat: int = ranged(10, ge=1)
     number: int = ranged(3, ge=1)
     verify_samples: int = ranged(256, ge=1)

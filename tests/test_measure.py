@@ -25,6 +25,7 @@ from dlas.compiler.measure import (
     measure_in_subprocess,
     run_tvm_module,
     run_tvm_module_batches,
+    sample_callable,
     time_callable,
     time_tvm_module,
 )
@@ -86,14 +87,32 @@ def test_latency_needs_samples() -> None:
 
 def test_time_callable_follows_the_protocol() -> None:
     calls = []
-    lat = time_callable(lambda: calls.append(1), Protocol(warmup=2, repeat=3, number=4))
+    protocol = Protocol(warmup=2, repeat=3, number=4, warmup_ms=0)
+    lat = time_callable(lambda: calls.append(1), protocol)
     assert len(calls) == 2 + 3 * 4
     assert (lat.repeat, lat.number, len(lat.samples_ms)) == (3, 4, 3)
     assert all(s >= 0 for s in lat.samples_ms)
     assert min(lat.samples_ms) <= lat.median_ms <= lat.p90_ms <= max(lat.samples_ms)
 
 
-@pytest.mark.parametrize("protocol", [{"repeat": 0}, {"number": 0}, {"warmup": -1}])
+def test_the_warm_up_lasts_at_least_warmup_ms() -> None:
+    """A round warms up for ``warmup_ms`` however fast a call is, so the first sample
+    does not pay for caches another runtime's round left cold."""
+    calls: list[float] = []
+    samples = sample_callable(
+        lambda: calls.append(time.perf_counter()), Protocol(warmup=1, repeat=2, number=1)
+    )
+    assert len(samples) == 2 and len(calls) > 3
+    warm = calls[:-2]
+    assert (warm[-1] - warm[0]) * 1e3 < 25 and (calls[-2] - warm[0]) * 1e3 > 24.9
+    slow = []
+    sample_callable(lambda: (slow.append(1), time.sleep(0.03)), Protocol(1, 1, 1, warmup_ms=25))
+    assert len(slow) == 2  # one warm-up call that outlasts warmup_ms is enough
+
+
+@pytest.mark.parametrize(
+    "protocol", [{"repeat": 0}, {"number": 0}, {"warmup": -1}, {"warmup_ms": -1}]
+)
 def test_a_bad_protocol_is_rejected_when_made(protocol: dict[str, int]) -> None:
     with pytest.raises(ValueError, match="timing protocol"):
         Protocol(**protocol)

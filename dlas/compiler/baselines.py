@@ -366,7 +366,7 @@ def open_baseline(
     resolved = set_threads(threads)
     workdir = tempfile.TemporaryDirectory(prefix="dlas-onnx-")
     timer = chosen.timer(str(static_path), example, resolved, workdir.name)
-    timer(Protocol(warmup=0, repeat=1, number=1))  # the first run (its sample dropped)
+    timer(Protocol(warmup=0, repeat=1, number=1, warmup_ms=0))  # the first run (dropped)
     return Loaded(
         (outputs, chosen.notes), timer, time.perf_counter() - started, resolved, workdir.cleanup
     )

@@ -112,27 +112,41 @@ class Latency:
 
 @dataclass(frozen=True)
 class Protocol:
-    """One round of the timing protocol: ``warmup`` untimed runs, then ``repeat``
-    samples, each the mean of ``number`` back-to-back runs. Checked when made, so a
-    worker never receives a protocol it cannot run."""
+    """One round of the timing protocol: ``warmup`` untimed runs, and more until
+    ``warmup_ms`` have passed, then ``repeat`` samples, each the mean of ``number``
+    back-to-back runs. Checked when made, so a worker never receives a protocol it cannot
+    run.
+
+    Why a warm-up *time*: in alternating rounds each runtime starts its round right after
+    another one ran, with the caches full of the other's weights. One warm-up call of a
+    1 ms network does not refill them: the first sample of every round of mobilenet_v2
+    came out 10-20% slower than the second (OpenVINO 1.27-1.31 ms against 1.07-1.17),
+    which alone pushed the samples' CV past ``measure.max_cv``."""
 
     warmup: int = 1
     repeat: int = 10
     number: int = 5
+    warmup_ms: float = 25.0
 
     def __post_init__(self) -> None:
-        if self.warmup < 0 or self.repeat < 1 or self.number < 1:
+        if self.warmup < 0 or self.repeat < 1 or self.number < 1 or self.warmup_ms < 0:
             raise ValueError(
-                f"timing protocol needs warmup >= 0, repeat >= 1, number >= 1; "
-                f"got warmup={self.warmup}, repeat={self.repeat}, number={self.number}"
+                f"timing protocol needs warmup >= 0, repeat >= 1, number >= 1, "
+                f"warmup_ms >= 0; got warmup={self.warmup}, repeat={self.repeat}, "
+                f"number={self.number}, warmup_ms={self.warmup_ms}"
             )
 
     @classmethod
     def from_config(cls, m: Any) -> Protocol:
         """The ``measure`` group's protocol."""
-        return cls(int(m.warmup), int(m.repeat), int(m.number))
+        return cls(int(m.warmup), int(m.repeat), int(m.number), float(m.warmup_ms))
 
-    def but(self, **changes: int) -> Protocol:
+    @property
+    def cold(self) -> Protocol:
+        """The same samples with no warm-up (it has been done)."""
+        return replace(self, warmup=0, warmup_ms=0.0)
+
+    def but(self, **changes: float) -> Protocol:
         """This protocol with some of its values changed (checked again)."""
         return replace(self, **changes)
 
@@ -172,20 +186,27 @@ def time_callable(
     names the point in progress lines; ``threads`` is recorded in the result.
     """
     started = time.perf_counter()
-    for _ in range(protocol.warmup):
-        fn()
+    warm_up(fn, protocol)
     setup_s = time.perf_counter() - started
-    samples = sample_callable(fn, protocol.but(warmup=0), what=what)
+    samples = sample_callable(fn, protocol.cold, what=what)
     return Latency.from_samples(samples, number=protocol.number, threads=threads, setup_s=setup_s)
+
+
+def warm_up(fn: Callable[[], Any], protocol: Protocol) -> int:
+    """Call ``fn`` ``warmup`` times and on until ``warmup_ms`` have passed; the count."""
+    started, calls = time.perf_counter(), 0
+    while calls < protocol.warmup or (time.perf_counter() - started) * 1e3 < protocol.warmup_ms:
+        fn()
+        calls += 1
+    return calls
 
 
 def sample_callable(
     fn: Callable[[], Any], protocol: Protocol, *, what: str | None = None
 ) -> list[float]:
-    """``warmup`` untimed calls, then ``repeat`` samples in ms, each the mean of ``number``
+    """The protocol's warm-up, then ``repeat`` samples in ms, each the mean of ``number``
     back-to-back calls: one round of the protocol, as a :data:`Timer` runs it."""
-    for _ in range(protocol.warmup):
-        fn()
+    warm_up(fn, protocol)
     progress = _Progress(what, protocol.repeat)
     samples: list[float] = []
     for i in range(protocol.repeat):
@@ -557,9 +578,8 @@ def run_tvm_module_batches(
 def _tvm_samples(loaded: _LoadedVM, protocol: Protocol) -> list[float]:
     """One round with TVM's ``time_evaluator``, on the device itself (remote for
     ``hardware=rpc``: network latency is not counted); it adds one discarded run of its
-    own after our ``warmup``."""
-    for _ in range(protocol.warmup):
-        loaded.run()
+    own after our warm-up."""
+    warm_up(loaded.run, protocol)
     timer = loaded.vm.time_evaluator(
         "invoke_stateful", loaded.dev, number=protocol.number, repeat=protocol.repeat
     )

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from dlas.data.base import ImageClassificationData
-from dlas.training.classifier import Classifier
+from dlas.training.module import TaskModule
+from dlas.training.tasks import get_task
 
 for _noisy in (
     "pytorch_lightning.utilities.rank_zero",
@@ -88,11 +89,13 @@ class Trainer:
 
     def _module(
         self, model: nn.Module, lr: float, input_dtype: torch.dtype = torch.float32
-    ) -> Classifier:
+    ) -> TaskModule:
         c = self.cfg
-        return Classifier(
+        return TaskModule(
             model,
             num_classes=self.data.num_classes,
+            task=get_task(self.data.task),
+            ignore_index=getattr(self.data, "ignore_index", None),
             lr=lr,
             optimizer=c.optimizer,
             momentum=c.momentum,
@@ -117,9 +120,12 @@ class Trainer:
     def evaluate(
         self, model: nn.Module, input_dtype: torch.dtype = torch.float32
     ) -> dict[str, float]:
-        """Test-set top-1/top-5 in percent."""
+        """The task's test-set metrics in their logged units (top-1 / top-5 in percent for
+        classification), and ``quality``: the task's own measure of it."""
         module = self._module(model, self.cfg.lr, input_dtype)
         with torch_determinism_restored():
             trainer = self._lightning(1, None)
             (result,) = trainer.test(module, datamodule=self.data, verbose=False)
-        return {"top1": 100.0 * result["test/top1"], "top5": 100.0 * result["test/top5"]}
+        task = module.task
+        scores = {name: task.scale(name) * result[f"test/{name}"] for name in task.metrics}
+        return scores | {"quality": scores[task.quality]}

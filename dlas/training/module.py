@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from dlas.config import OPTIMIZERS, SCHEDULERS  # the trainer schema's choices
+from dlas.training.tasks import CLASSIFICATION, Task
 
 
-class Classifier(pl.LightningModule):
+class TaskModule(pl.LightningModule):
+    """Trains and scores a model for its dataset's problem space (:mod:`dlas.training.tasks`):
+    the task gives the loss and the metrics, accumulated per split over each epoch and
+    logged as ``<split>/<metric>`` (fractions; :meth:`Trainer.evaluate` reports percent)."""
+
     def __init__(
         self,
         model: nn.Module,
         *,
         num_classes: int,
+        task: Task = CLASSIFICATION,
+        ignore_index: int | None = None,
         lr: float = 0.1,
         optimizer: str = "sgd",
         momentum: float = 0.9,
@@ -34,34 +39,30 @@ class Classifier(pl.LightningModule):
             raise ValueError(
                 f"trainer.scheduler={scheduler!r}; valid choices: {', '.join(SCHEDULERS)}"
             )
-        self.model = model
+        self.model, self.task, self.ignore_index = model, task, ignore_index
         self.lr, self.optimizer_name, self.momentum = lr, optimizer, momentum
         self.weight_decay, self.scheduler_name = weight_decay, scheduler
         self.label_smoothing = label_smoothing
         self.input_dtype = input_dtype
-        top5 = min(5, num_classes)
-        for split in ("train", "val", "test"):
-            setattr(
-                self, f"{split}_top1", MulticlassAccuracy(num_classes, top_k=1, average="micro")
-            )
-            setattr(
-                self, f"{split}_top5", MulticlassAccuracy(num_classes, top_k=top5, average="micro")
-            )
+        for split in ("train", "val", "test"):  # attributes, so Lightning moves them along
+            metrics = nn.ModuleDict(task.build_metrics(num_classes, ignore_index))
+            setattr(self, f"{split}_scores", metrics)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.to(self.input_dtype)).float()
 
     def _step(self, batch, split: str) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        top1, top5 = getattr(self, f"{split}_top1"), getattr(self, f"{split}_top5")
-        top1(logits, y)
-        top5(logits, y)
+        out = self(x)
+        loss = self.task.loss(
+            out, y, label_smoothing=self.label_smoothing, ignore_index=self.ignore_index
+        )
         on_step = split == "train"
         self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True)
-        self.log(f"{split}/top1", top1, on_step=False, on_epoch=True, prog_bar=split != "train")
-        self.log(f"{split}/top5", top5, on_step=False, on_epoch=True)
+        for name, metric in getattr(self, f"{split}_scores").items():
+            metric(out, y)
+            shown = split != "train" and name == self.task.progress
+            self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True, prog_bar=shown)
         return loss
 
     def training_step(self, batch, batch_idx):
