@@ -97,3 +97,50 @@ def test_pretrained_loads_from_local_cache(tmp_path, monkeypatch):
     assert model.fc.out_features == 5
     grey = get_model("resnet18", num_classes=5, in_channels=1, input_size=224, pretrained=True)
     assert torch.allclose(grey.conv1.weight[:, 0], source.conv1.weight.sum(dim=1), atol=1e-6)
+
+
+# ------------------------------------------------------- segmentation networks (issue 18)
+
+
+@pytest.mark.parametrize(
+    "name", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "fcn_resnet50"]
+)
+def test_segmentation_zoo_labels_every_pixel_of_a_small_input(name):
+    from dlas.models.segmentation import build_segmentation_zoo_model
+
+    model = build_segmentation_zoo_model(name, num_classes=11, in_channels=1, input_size=64)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, 64, 64))
+    assert out.shape == (2, 11, 64, 64)  # one tensor, the input's size, a logit per class
+    # stem=auto at 64 px keeps full resolution at the stem: the deepest backbone features
+    # are 8 x 8 (torchvision's stem would leave 4 x 4)
+    backbone = model.inner.backbone
+    with torch.no_grad():
+        deepest = list(backbone(torch.randn(1, 1, 64, 64)).values())[-1]
+    assert deepest.shape[-1] == 8
+    imagenet = build_segmentation_zoo_model(name, num_classes=11, in_channels=3, stem="imagenet")
+    with torch.no_grad():
+        features = list(imagenet.inner.backbone(torch.randn(1, 3, 64, 64)).values())[-1]
+    assert features.shape[-1] == (8 if name == "fcn_resnet50" else 4)
+
+
+@pytest.mark.parametrize("depth, width", [(1, 4), (2, 8), (3, 16)])
+def test_unet_size_is_its_closed_form(depth, width):
+    from dlas.models.segmentation import build_unet, unet_params
+
+    model = build_unet(num_classes=11, in_channels=1, input_size=32, depth=depth, width=width)
+    assert sum(p.numel() for p in model.parameters()) == unet_params(depth, width, 11, 1)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 1, 32, 32)).shape == (1, 11, 32, 32)
+
+
+def test_unet_bad_sizes_are_named():
+    from dlas.models.segmentation import build_segmentation_zoo_model, build_unet
+
+    with pytest.raises(ValueError, match="image_size=36 must be a multiple of 8"):
+        build_unet(num_classes=11, input_size=36, depth=3)
+    with pytest.raises(ValueError, match="model.width=0"):
+        build_unet(num_classes=11, width=0)
+    with pytest.raises(ValueError, match="model.stem='compact' for a segmentation network"):
+        build_segmentation_zoo_model("fcn_resnet50", num_classes=11, stem="compact")
