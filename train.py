@@ -13,7 +13,7 @@ from dlas.cli import entry, task
 def main(cfg: DictConfig) -> float:
     from dlas.stack import run_point
 
-    return run_point(cfg)["top1"]
+    return run_point(cfg)["quality"]  # top1 for classification, miou for segmentation
 
 
 if __name__ == "__main__":

@@ -102,6 +102,26 @@ class SyntheticConf(DatasetConf):
     test_fraction: float = 0.125
 
 
+@dataclass
+class DigitCanvasesConf(DatasetConf):
+    """Segmentation canvases of packaged MNIST digits (dlas.data.segmentation)."""
+
+    image_size: int = ranged(64, ge=28)
+    max_digits: int = ranged(3, ge=1)
+    threshold: float = ranged(0.5, ge=0, lt=1)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+
+
+@dataclass
+class VocConf(DatasetConf):
+    root: str | None = None
+    year: str = "2012"
+    download: bool = False
+    image_size: int = ranged(128, ge=1)
+    val_fraction: float = 0.1
+
+
 # ---------------------------------------------------------------- layer 2: model
 
 
@@ -118,6 +138,12 @@ class PatternConf(ModelConf):
     depth: int = ranged(2, ge=1)  # blocks per stage
     width: int = ranged(16, ge=1)  # channels of the first stage (doubling per stage)
     stages: int = ranged(3, ge=1)
+
+
+@dataclass
+class UNetConf(ModelConf):
+    depth: int = ranged(3, ge=1)  # levels below full resolution
+    width: int = ranged(16, ge=1)  # channels at full resolution (doubling per level)
 
 
 @dataclass
@@ -293,8 +319,10 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "cifar10": Cifar10Conf,
         "imagenet": ImageNetConf,
         "synthetic": SyntheticConf,
+        "digit_canvases": DigitCanvasesConf,
+        "voc": VocConf,
     },
-    "model": {"zoo": ModelConf, "pattern": PatternConf, "darts": DartsConf},
+    "model": {"zoo": ModelConf, "pattern": PatternConf, "darts": DartsConf, "unet": UNetConf},
     "compression": {
         "none": CompressionConf,
         "prune": PruneConf,

@@ -5,9 +5,9 @@ onnxruntime) goes through the same protocol, so their numbers compare:
 
 * verification: the compiled model's outputs on ``verify_samples`` test images vs
   the PyTorch model of the same compressed point (``max_abs_err_vs_torch``) and its
-  own test top-1 on them (``compiled_top1``, next to PyTorch's ``reference_top1`` on the
-  same images); a point over tolerance fails, it is
-  never timed;
+  task's quality on them (``compiled_quality``, next to PyTorch's ``reference_quality``
+  on the same images; for classification also as ``compiled_top1`` / ``reference_top1``);
+  a point over tolerance fails, it is never timed;
 * latency: batch ``batch_size``, then ``repeat`` x ``number`` timed runs (median, mean,
   std, p90 over repeats), PyTorch eager timed the same way in the same run for
   ``speedup_vs_torch``. The repeats are split over ``rounds`` rounds that alternate
@@ -30,9 +30,10 @@ process.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ from dlas.hardware import Device
 from dlas.hardware.cores import exclusive
 from dlas.hardware.threads import timing_cores
 from dlas.tracking import schema
+from dlas.training.tasks import Task, get_task
 
 log = logging.getLogger("dlas.deployment")
 
@@ -209,8 +211,24 @@ def metrics_of(timing: Timing, name: str) -> dict[str, float]:
     return {key: stats[key] for key in schema.PER_COMPILER}
 
 
+def scores(outputs: np.ndarray, score: Callable[[np.ndarray], float], task: Task, who: str):
+    """``<who>_quality`` and, for classification, ``<who>_top1`` (the names runs had
+    before there were other tasks) of outputs on the verification images."""
+    value = score(outputs)
+    named = {schema.COMPILED_QUALITY if who == "compiled" else schema.REFERENCE_QUALITY: value}
+    if task.quality == schema.TOP1:
+        named[schema.COMPILED_TOP1 if who == "compiled" else schema.REFERENCE_TOP1] = value
+    return named
+
+
 def verify(
-    name: str, cfg: Any, compiled: Compiled, ref: np.ndarray, y: np.ndarray, dtype: str
+    name: str,
+    cfg: Any,
+    compiled: Compiled,
+    ref: np.ndarray,
+    score: Callable[[np.ndarray], float],
+    task: Task,
+    dtype: str,
 ) -> dict[str, float]:
     """Compare with PyTorch on the same images; a compiler over tolerance fails the point."""
     err, tol = disagreement(compiled.outputs, ref, dtype, cfg.measure.tolerance)
@@ -224,7 +242,7 @@ def verify(
     return {
         schema.MAX_ABS_ERR: err,
         schema.VERIFY_TOLERANCE: tol,
-        schema.COMPILED_TOP1: float((compiled.outputs.argmax(1) == y).mean() * 100),
+        **scores(compiled.outputs, score, task, "compiled"),
     }
 
 
@@ -264,7 +282,13 @@ def compile_verify_and_time(
     )
     with torch.no_grad():
         ref = reference(x).float().numpy()
-    labels = y.numpy()
+    task = get_task(data.task)
+    score = functools.partial(
+        task.quality_of,
+        target=y.numpy(),
+        num_classes=data.num_classes,
+        ignore_index=getattr(data, "ignore_index", None),
+    )
 
     compilers = compilers_of(cfg)
     names = list(compilers)
@@ -291,7 +315,7 @@ def compile_verify_and_time(
             )
             assert compiled.worker is not None
             workers.callback(compiled.worker.close)
-            checks[compiler] = verify(compiler, cfg, compiled, ref, labels, dtype)
+            checks[compiler] = verify(compiler, cfg, compiled, ref, score, task, dtype)
         timed = {c: r.worker for c, r in results.items() if r.worker is not None}
         if "pytorch" not in timed:
             timed["pytorch"] = early or reference()
@@ -316,7 +340,7 @@ def compile_verify_and_time(
         schema.COMPILE_S: main.compile_s,
         schema.TUNE_S: main.tune_s,
         **checks[name],
-        schema.REFERENCE_TOP1: float((ref.argmax(1) == labels).mean() * 100),  # same images
+        **scores(ref, score, task, "reference"),  # the same images
         schema.SPARSE_LAYERS: float(
             sum(1 for r in main.layers if r.get("format") in ("csr", "bsr"))
         ),

@@ -57,6 +57,7 @@ from dlas.tracking.sweep import (
     reuse_finished,
 )
 from dlas.training import Trainer
+from dlas.training.tasks import Task, get_task
 
 log = logging.getLogger("dlas.stack")
 
@@ -77,6 +78,23 @@ class Point:
         return OmegaConf.to_container(self.cfg[group], resolve=True)  # type: ignore[return-value]
 
 
+def check_model_fits_task(model: str, dataset: str, task: str) -> None:
+    """A classifier cannot label pixels, nor a segmentation network name a class: say so
+    before anything trains, with the models that do fit."""
+    from dlas.models import TASK_OF, models_for
+
+    if TASK_OF.get(model, task) != task:
+        raise ConfigError(
+            f"model={model} is a {TASK_OF[model]} network and dataset={dataset} is a {task} "
+            f"task; valid models for it: {', '.join(models_for(task))}"
+            + (
+                " (or experiment=segmentation: dataset and model together)"
+                if task == "segmentation"
+                else ""
+            )
+        )
+
+
 def build_point(cfg: DictConfig) -> Point:
     """Instantiate layers 1-3; any bad value raises here, naming it and its valid choices.
 
@@ -85,6 +103,7 @@ def build_point(cfg: DictConfig) -> Point:
     (data splits take ``dataset.seed`` explicitly)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data: ImageClassificationData = instantiate(cfg.dataset)
+    check_model_fits_task(cfg.model.name, cfg.dataset.name, data.task)
     compression: Compression = instantiate(cfg.compression)
     model: nn.Module = instantiate(
         cfg.model,
@@ -141,6 +160,11 @@ def _accuracy_and_macs(
 ) -> dict[str, float]:
     example = data.example_batch(1)[0].to(input_dtype)
     return {**trainer.evaluate(model, input_dtype), **count_macs(model, example)}
+
+
+def quality_of(meta: dict[str, Any], task: Task) -> float:
+    """A stage's quality; entries stored before there were tasks have only top-1."""
+    return meta.get("quality", meta[task.quality])
 
 
 def _run_id(trainer: Trainer) -> str | None:
@@ -424,9 +448,10 @@ def _run_point(
         run = started.run
         _, baseline, train_hit, compressed, compress_hit = started.stages()
         m = compressed.meta
+        task = get_task(point.data.task)
         metrics = {
-            schema.TOP1: m["top1"],
-            schema.TOP5: m["top5"],
+            **{name: m[name] for name in task.metrics},  # top1, top5; miou, pixel_accuracy
+            schema.QUALITY: quality_of(m, task),
             schema.PARAMS: m["params"],
             schema.NONZERO_PARAMS: m["nonzero_params"],
             schema.SIZE_BYTES: compressed.program_path.stat().st_size,
@@ -434,7 +459,7 @@ def _run_point(
             schema.NONZERO_MACS: m["nonzero_macs"],
             schema.SPARSITY: m["sparsity"],
             schema.CHANNELS_KEPT: m["conv_channels"] / baseline.meta["conv_channels"],
-            schema.BASELINE_TOP1: baseline.meta["top1"],
+            schema.BASELINE_QUALITY: quality_of(baseline.meta, task),
             schema.BASELINE_PARAMS: baseline.meta["params"],
             schema.BASELINE_MACS: baseline.meta["macs"],
             schema.TRAIN_S: 0.0 if train_hit else baseline.meta["train_s"],
@@ -442,6 +467,8 @@ def _run_point(
             schema.CACHE_HIT: float(compress_hit),
             schema.TRAIN_CACHE_HIT: float(train_hit),
         }
+        if task.quality == schema.TOP1:  # the name runs had before there were other tasks
+            metrics[schema.BASELINE_TOP1] = baseline.meta["top1"]
         run.log_metrics(metrics)
         run.set_tag("cache_hit", str(compress_hit).lower())
         run.log_dict(m["report"], "compression_report.json")

@@ -3,6 +3,7 @@ bad systems choices fail before a run opens, with a named error, while a sweep g
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -260,6 +261,7 @@ def test_outputs_over_tolerance_or_not_finite_fail_verification():
     from omegaconf import OmegaConf
 
     from dlas.deployment import Compiled, VerificationError, disagreement, verify
+    from dlas.training import get_task
 
     ref = np.array([[1.0, -4.0]], dtype=np.float32)
     assert disagreement(ref + 2e-4, ref, "float32") == pytest.approx((2e-4, 1e-3), rel=1e-3)
@@ -267,17 +269,20 @@ def test_outputs_over_tolerance_or_not_finite_fail_verification():
     cfg = OmegaConf.create(
         {"measure": {"tolerance": None}, "algorithm": {"name": "direct", "data_format": "dense"}}
     )
-    labels = np.array([0])
+    task = get_task("classification")
+    score = functools.partial(
+        task.quality_of, target=np.array([0]), num_classes=2, ignore_index=None
+    )
 
     def compiled(outputs: np.ndarray) -> Compiled:
         return Compiled(outputs, None, 0.0, 0.0, 0, [], None)  # type: ignore[arg-type]
 
-    got = verify("tvm_untuned", cfg, compiled(ref + 2e-4), ref, labels, "float32")
+    got = verify("tvm_untuned", cfg, compiled(ref + 2e-4), ref, score, task, "float32")
     assert got["max_abs_err_vs_torch"] == pytest.approx(2e-4, rel=1e-3)
-    assert got["compiled_top1"] == 100.0
+    assert got["compiled_top1"] == got["compiled_quality"] == 100.0
     for bad in (ref + 1e-2, ref * np.nan):
         with pytest.raises(VerificationError, match="compiler=tvm_untuned algorithm=direct"):
-            verify("tvm_untuned", cfg, compiled(bad), ref, labels, "float32")
+            verify("tvm_untuned", cfg, compiled(bad), ref, score, task, "float32")
 
 
 # A compiler from outside dlas: one module and one YAML file, nothing else touched.

@@ -142,5 +142,5 @@ def test_unet_bad_sizes_are_named():
         build_unet(num_classes=11, input_size=36, depth=3)
     with pytest.raises(ValueError, match="model.width=0"):
         build_unet(num_classes=11, width=0)
-    with pytest.raises(ValueError, match="model.stem='compact' for a segmentation network"):
-        build_segmentation_zoo_model("fcn_resnet50", num_classes=11, stem="compact")
+    with pytest.raises(ValueError, match="model.stem='tiny' for a segmentation network"):
+        build_segmentation_zoo_model("fcn_resnet50", num_classes=11, stem="tiny")

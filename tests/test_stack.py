@@ -133,7 +133,19 @@ def test_bad_input_fails_early_and_clearly(workdir, bad, message):
         ("trainer.max_epoch=3", "max_epoch"),
         (
             "model.name=resnet19",
-            "unknown model 'resnet19'; valid choices: bottleneck, darts, dense, densenet121",
+            "unknown model 'resnet19'; valid choices: bottleneck, darts, "
+            "deeplabv3_mobilenet_v3_large, dense, densenet121",
+        ),
+        (
+            "dataset=digit_canvases model=resnet18",
+            "model=resnet18 is a classification network and dataset=digit_canvases is a "
+            "segmentation task; valid models for it: deeplabv3_mobilenet_v3_large, "
+            "fcn_resnet50, lraspp_mobilenet_v3_large, unet",
+        ),
+        (
+            "model=unet",
+            "model=unet is a segmentation network and dataset=mnist5k is a classification "
+            "task; valid models for it: bottleneck, darts, dense, densenet121",
         ),
         ("trainer.lr=fast", "trainer.lr"),
     ],

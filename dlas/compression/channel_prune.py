@@ -4,7 +4,7 @@ torch-pruning traces the model into a dependency graph, so removing a filter als
 removes the matching input channels of every consumer, the BatchNorm entries, and
 keeps residual additions and concatenations consistent. Filters are ranked by
 the Lp norm of their whole dependency group. ``amount`` is the fraction of each
-layer's output channels removed (the classifier's outputs are kept); params and
+layer's output channels removed (the task's outputs are kept); params and
 MACs shrink roughly by (1 - amount)^2 since both sides of a layer lose channels.
 """
 
@@ -22,6 +22,19 @@ def conv_channels(model: nn.Module) -> dict[str, int]:
     return {n: m.out_channels for n, m in prunable_layers(model) if isinstance(m, nn.Conv2d)}
 
 
+def output_layers(model: nn.Module, data) -> list[nn.Module]:
+    """The layers whose outputs are the task's: a classifier's last linear layer, a
+    segmentation network's convolutions to the classes (LR-ASPP has two, summed); their
+    output channels are the classes and cannot be pruned."""
+    if data.task == "classification":
+        return [m for _, m in prunable_layers(model) if isinstance(m, nn.Linear)][-1:]
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and m.out_channels == data.num_classes
+    ]
+
+
 class ChannelPrune(Compression):
     name = "channel_prune"
 
@@ -37,7 +50,7 @@ class ChannelPrune(Compression):
     def apply(self, model, data, finetune):
         example = torch.zeros(1, *data.input_shape)
         before = conv_channels(model)
-        classifier = [m for _, m in prunable_layers(model) if isinstance(m, nn.Linear)][-1:]
+        classifier = output_layers(model, data)
         model.eval()
         pruner = tp.pruner.MetaPruner(
             model,

@@ -6,11 +6,12 @@ from dlas.data.base import ImageClassificationData
 from dlas.data.cifar10 import Cifar10
 from dlas.data.imagenet import ImageNet
 from dlas.data.packaged import Digits, Mnist5k
+from dlas.data.segmentation import DigitCanvases, Voc
 from dlas.data.synthetic import Synthetic
 from dlas.registry import Registry
 
 DATASETS: Registry[ImageClassificationData] = Registry("dataset")
-for _cls in (Mnist5k, Digits, Cifar10, ImageNet, Synthetic):
+for _cls in (Mnist5k, Digits, Cifar10, ImageNet, Synthetic, DigitCanvases, Voc):
     DATASETS.register(_cls.name)(_cls)
 
 

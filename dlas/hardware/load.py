@@ -116,7 +116,10 @@ def probe(cores: Iterable[int], seconds: float, own_pids: Iterable[int] = ()) ->
 #: A process counts as idle once it used less than this fraction of one core...
 IDLE_BELOW = 0.1
 #: ...over a window this long (``CLOCK_PROCESS_CPUTIME_ID`` counts in ns, not ticks).
-IDLE_WINDOW_S = 0.005
+#: Not shorter: on a shared host the hypervisor can take a vCPU away for a few ms
+#: (steal reached 44% of this machine's time in some seconds), and a 5 ms window in
+#: which a spinning thread was not scheduled at all read as idle.
+IDLE_WINDOW_S = 0.02
 
 
 def wait_until_idle(limit_s: float = 1.0) -> tuple[float, bool]:

@@ -8,6 +8,7 @@ from torch import nn
 
 from dlas.models.darts import build_darts_model
 from dlas.models.patterns import PATTERNS, build_pattern_model
+from dlas.models.segmentation import SEGMENTATION_ZOO, build_segmentation_zoo_model, build_unet
 from dlas.models.zoo import ZOO, build_zoo_model
 from dlas.registry import Registry
 
@@ -19,6 +20,18 @@ for _name in PATTERNS:  # one pattern, sized by depth and width (dlas.models.pat
 #: NAS-found networks, sized by depth (cells) and width like the patterns (dlas.models.darts)
 NAS_CELLS = ("darts",)
 MODELS.register("darts")(build_darts_model)
+for _name in SEGMENTATION_ZOO:
+    MODELS.register(_name)(partial(build_segmentation_zoo_model, _name))
+MODELS.register("unet")(build_unet)
+
+#: the problem space each model is built for (a classifier cannot label pixels)
+TASK_OF: dict[str, str] = {name: "classification" for name in MODELS.names()} | {
+    name: "segmentation" for name in (*SEGMENTATION_ZOO, "unet")
+}
+
+
+def models_for(task: str) -> list[str]:
+    return sorted(name for name, t in TASK_OF.items() if t == task)
 
 
 def get_model(
@@ -42,4 +55,13 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
-__all__ = ["MODELS", "NAS_CELLS", "PATTERNS", "ZOO", "get_model", "list_models"]
+__all__ = [
+    "MODELS",
+    "NAS_CELLS",
+    "PATTERNS",
+    "TASK_OF",
+    "ZOO",
+    "get_model",
+    "list_models",
+    "models_for",
+]

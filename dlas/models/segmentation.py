@@ -28,10 +28,13 @@ from torch import nn
 from dlas.models.patterns import check_sizes
 from dlas.models.zoo import _set_in_channels, _set_stride, _strided_convs
 
-SEGMENTATION_STEMS = ("auto", "imagenet", "cifar")
+SEGMENTATION_STEMS = ("auto", "imagenet", "cifar", "compact")
 
 
 def resolve_segmentation_stem(stem: str, input_size: int) -> str:
+    """``cifar``: full resolution at the stem; ``imagenet`` and ``compact`` (one 2x
+    downsampling at the stem, which is what torchvision's stems already do here):
+    unchanged; ``auto``: ``cifar`` for inputs of at most 64 px."""
     if stem not in SEGMENTATION_STEMS:
         raise ValueError(
             f"model.stem={stem!r} for a segmentation network; valid choices: "
@@ -39,7 +42,7 @@ def resolve_segmentation_stem(stem: str, input_size: int) -> str:
         )
     if stem == "auto":
         return "cifar" if input_size <= 64 else "imagenet"
-    return stem
+    return "imagenet" if stem == "compact" else stem
 
 
 class DenseOutput(nn.Module):

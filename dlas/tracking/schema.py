@@ -34,8 +34,12 @@ TARGET = "target"
 TUNING_KEPT = "tuning_kept"  # "tuned" or "untuned": which won end to end
 
 # ------------------------------------------------------------------ metrics, layers 1-3
-TOP1 = "top1"  # percent, test split, of the compressed model
+TOP1 = "top1"  # percent, test split, of the compressed model (classification)
 TOP5 = "top5"
+#: the task's own measure, higher is better (dlas.training.tasks): top1 for
+#: classification, miou for segmentation; what fronts and searches compare across tasks
+QUALITY = "quality"
+BASELINE_QUALITY = "baseline_quality"
 PARAMS = "params"
 NONZERO_PARAMS = "nonzero_params"
 SIZE_BYTES = "size_bytes"  # the serialized exported program
@@ -78,7 +82,9 @@ TUNE_S = "tune_s"
 MAX_ABS_ERR = "max_abs_err_vs_torch"  # on measure.verify_samples images
 VERIFY_TOLERANCE = "verify_tolerance"
 COMPILED_TOP1 = "compiled_top1"  # the compiled model's top-1 on those images...
-REFERENCE_TOP1 = "reference_top1"  # ...and PyTorch's on the same ones
+REFERENCE_TOP1 = "reference_top1"  # ...and PyTorch's on the same ones (classification)
+COMPILED_QUALITY = "compiled_quality"  # the same for the task's quality, any task
+REFERENCE_QUALITY = "reference_quality"
 SPARSE_LAYERS = "sparse_layers"
 TUNED_END_TO_END_MS = "tuned_end_to_end_ms"
 UNTUNED_END_TO_END_MS = "untuned_end_to_end_ms"

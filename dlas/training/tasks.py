@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
@@ -49,6 +50,15 @@ class Task:
 
     def scale(self, name: str) -> float:
         return self.metrics[name][1]
+
+    def quality_of(
+        self, outputs: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None
+    ) -> float:
+        """The quality metric of outputs computed elsewhere (a compiled model's, on the
+        verification images), in its logged unit."""
+        make, scale = self.metrics[self.quality]
+        metric = make(num_classes, ignore_index)
+        return scale * float(metric(torch.as_tensor(outputs), torch.as_tensor(target)))
 
 
 def _classification_loss(
