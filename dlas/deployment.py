@@ -287,7 +287,7 @@ def compile_verify_and_time(
         task.quality_of,
         target=y.numpy(),
         num_classes=data.num_classes,
-        ignore_index=getattr(data, "ignore_index", None),
+        ignore_index=data.ignore_index,
     )
 
     compilers = compilers_of(cfg)

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from dlas.hardware.load import wait_until_idle
+
 if TYPE_CHECKING:
     from dlas.hardware import Device
 
@@ -289,8 +291,6 @@ def _serve(conn: Any, timer: Timer) -> None:
         samples = timer(protocol)
         # The round ends when this runtime's threads have stopped spinning, so they do not
         # take the cores from whichever runtime is timed next.
-        from dlas.hardware.load import wait_until_idle
-
         waited_s, idle = wait_until_idle(SETTLE_LIMIT_S)
         conn.send(("ok", (samples, waited_s, idle)))
 

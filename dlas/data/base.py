@@ -15,6 +15,8 @@ class ImageClassificationData(pl.LightningDataModule):
     name: str = "base"
     #: the problem space: what a target is (a class per image, a class per pixel, ...)
     task: str = "classification"
+    #: the target value no loss or metric counts (segmentation's unlabelled pixels), if any
+    ignore_index: int | None = None
 
     def __init__(
         self,

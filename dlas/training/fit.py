@@ -95,7 +95,7 @@ class Trainer:
             model,
             num_classes=self.data.num_classes,
             task=get_task(self.data.task),
-            ignore_index=getattr(self.data, "ignore_index", None),
+            ignore_index=self.data.ignore_index,
             lr=lr,
             optimizer=c.optimizer,
             momentum=c.momentum,
