@@ -150,6 +150,8 @@ def run_params(point: Point, threads: int) -> dict[str, Any]:
             schema.HARDWARE: cfg.hardware.name,
             schema.THREADS: threads,
             schema.SEED: cfg.seed,
+            schema.TASK: point.data.task,
+            schema.QUALITY_METRIC: get_task(point.data.task).quality,
         }
     )
     return params

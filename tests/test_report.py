@@ -32,7 +32,7 @@ def test_pareto_front_keeps_ties_and_one_axis_winners() -> None:
         ("slower_a", 90.0, 11.0),  # equal top1, strictly slower
         ("undeployed", 99.0, math.nan),
     ]
-    points = pd.DataFrame(rows, columns=["name", "top1", "latency_ms"], index=range(10, 17))
+    points = pd.DataFrame(rows, columns=["name", "quality", "latency_ms"], index=range(10, 17))
     mask = pareto_front(points)
     assert mask.index.tolist() == points.index.tolist()
     assert mask.tolist() == [True, False, True, True, True, False, False]
@@ -50,7 +50,7 @@ def test_rank_correlations_are_scipy_spearman() -> None:
     top1 = [70.0, 71.0, 69.0, 90.0, 91.0, 75.0, 60.0]
     points = pd.DataFrame({"size_bytes": size, "latency_ms": latency, "top1": top1})
     result = rank_correlations(points)
-    for name, y in (("size_vs_latency", latency), ("size_vs_top1", top1)):
+    for name, y in (("size_vs_latency", latency), ("size_vs_quality", top1)):
         expected = stats.spearmanr(size, y)
         assert result[name]["rho"] == pytest.approx(expected.statistic)
         assert result[name]["p_value"] == pytest.approx(expected.pvalue)
@@ -64,15 +64,15 @@ def test_rank_correlations_known_values_and_undefined() -> None:
     )
     result = rank_correlations(monotone)
     assert result["size_vs_latency"]["rho"] == pytest.approx(1.0)
-    assert result["size_vs_top1"]["rho"] == pytest.approx(-1.0)
+    assert result["size_vs_quality"]["rho"] == pytest.approx(-1.0)
 
     undeployed = monotone.assign(latency_ms=math.nan, top1=[80.0] * 4)
     result = rank_correlations(undeployed)
     assert result["size_vs_latency"]["n"] == 0 and math.isnan(result["size_vs_latency"]["rho"])
-    assert math.isnan(result["size_vs_top1"]["rho"])  # constant top1: undefined, not an error
+    assert math.isnan(result["size_vs_quality"]["rho"])  # constant top1: undefined, not an error
 
 
-def test_size_vs_top1_counts_each_compressed_model_once() -> None:
+def test_size_vs_quality_counts_each_compressed_model_once() -> None:
     # one model measured by three compilers: one (size, top1) observation, not three
     points = pd.DataFrame(
         {
@@ -86,8 +86,8 @@ def test_size_vs_top1_counts_each_compressed_model_once() -> None:
     )
     result = rank_correlations(points)
     expected = stats.spearmanr([1.0, 2.0, 3.0], [50.0, 60.0, 55.0])
-    assert result["size_vs_top1"]["n"] == 3
-    assert result["size_vs_top1"]["rho"] == pytest.approx(expected.statistic)
+    assert result["size_vs_quality"]["n"] == 3
+    assert result["size_vs_quality"]["rho"] == pytest.approx(expected.statistic)
     assert result["size_vs_latency"]["n"] == 5
 
 
@@ -353,7 +353,9 @@ def test_points_table_has_one_row_per_point(store: dict) -> None:
         "algorithm",
         "compiler",
         "hardware",
-        "top1_%",
+        "task",
+        "quality_metric",
+        "quality",
         "size_MB",
         "latency_ms",
         "speedup_vs_eager",
@@ -367,7 +369,8 @@ def test_points_table_has_one_row_per_point(store: dict) -> None:
     assert by_id.loc[ids["big-gemm-tvm_untuned"], "size_MB"] == pytest.approx(40.0)
     assert by_id.loc[ids["small-pytorch"], "algorithm"] == "n/a"
     prune = by_id.loc[ids["small-prune"]]
-    assert (prune["compression"], prune["amount"], prune["top1_%"]) == ("prune", 0.5, 78.0)
+    assert (prune["compression"], prune["amount"], prune["quality"]) == ("prune", 0.5, 78.0)
+    assert (prune["task"], prune["quality_metric"]) == ("classification", "top1")
     assert math.isnan(prune["latency_ms"])
     # sorted: model, then compression, compiler (eager first), algorithm
     small_none = table[(table["model"] == "small") & (table["compression"] == "none")]
@@ -402,9 +405,9 @@ def test_correlations_match_scipy(store: dict) -> None:
     assert result["size_vs_latency"]["p_value"] == pytest.approx(expected.pvalue)
     # three compressed models: small, big, small pruned (5 MB, 78 %)
     expected = stats.spearmanr([10e6, 40e6, 5e6], [80.0, 90.0, 78.0])
-    assert result["size_vs_top1"]["n"] == 3
-    assert result["size_vs_top1"]["rho"] == pytest.approx(1.0)
-    assert result["size_vs_top1"]["p_value"] == pytest.approx(expected.pvalue)
+    assert result["size_vs_quality"]["n"] == 3
+    assert result["size_vs_quality"]["rho"] == pytest.approx(1.0)
+    assert result["size_vs_quality"]["p_value"] == pytest.approx(expected.pvalue)
     assert "size_bytes vs latency_ms" in (store["out"] / "correlations.md").read_text()
 
 
@@ -465,7 +468,7 @@ def test_main_prints_the_correlations(store: dict, tmp_path: Path, monkeypatch, 
     out = capsys.readouterr().out
     assert "10 points (9 deployed)" in out
     assert "size_bytes vs latency_ms: Spearman rho = " in out
-    assert "size_bytes vs top1: Spearman rho = 1.000 (p = 0, n = 3)" in out
+    assert "size_bytes vs quality: Spearman rho = 1.000 (p = 0, n = 3)" in out
     default_out = tmp_path / "reports" / f"{EXPERIMENT}-{SWEEP}"
     assert len(read_table(default_out / "points.csv")) == 10
 
@@ -507,3 +510,58 @@ def test_speedup_matrix_of_runs_without_an_amount() -> None:
     )
     matrix = speedup_matrix_of(points, "m", compression="none", amount=math.nan)
     assert matrix.loc["gemm", "tvm_untuned"] == 0.5 and matrix.loc["n/a", "pytorch"] == 1.0
+
+
+# ---------------------------------------------------------------- problem spaces
+
+
+def test_a_segmentation_sweep_is_reported_on_its_own_metric(tmp_path: Path) -> None:
+    """Runs that log ``quality`` with ``quality_metric=miou`` (dlas.stack) are read as
+    segmentation: fronts and correlations per task, the axis named by the metric, and a
+    classification run of the same report keeps its top-1."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from dlas.report.analysis import quality_label
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("tasks", artifact_location=str(tmp_path / "art"))
+    rows = [  # dataset, task, metric, model, size, quality, latency
+        ("digit_canvases", "segmentation", "miou", "unet", 1e6, 40.0, 2.0),
+        ("digit_canvases", "segmentation", "miou", "lraspp", 4e6, 60.0, 3.0),
+        ("digit_canvases", "segmentation", "miou", "fcn", 9e6, 55.0, 9.0),  # dominated
+        ("digits", "classification", "top1", "resnet18", 2e6, 95.0, 1.0),
+    ]
+    for i, (dataset, task, metric, model, size, quality, latency) in enumerate(rows):
+        run = client.create_run(experiment_id, start_time=T0 + i, tags={"dlas.config_hash": model})
+        params = {"dataset": dataset, "model": model, "compression": "none"}
+        params |= {"compiler": "pytorch", "task": task, "quality_metric": metric}
+        metrics = {"quality": quality, metric: quality, "size_bytes": size}
+        metrics |= {"latency_ms_median": latency, "speedup_vs_torch": 1.0}
+        client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(k, v, T0, 0) for k, v in metrics.items()],
+            params=[Param(k, str(v)) for k, v in params.items()],
+        )
+        client.set_terminated(run.info.run_id, end_time=T0 + 100)
+
+    points = load_points(uri, "tasks")
+    by_model = points.set_index("model")
+    assert by_model.loc["unet", "quality"] == 40.0 and math.isnan(by_model.loc["unet", "top1"])
+    assert by_model.loc["unet", "quality_metric"] == "miou"
+    assert by_model.loc["resnet18", "quality"] == 95.0
+    assert quality_label(points[points["task"] == "segmentation"]) == "mIoU (%)"
+    assert quality_label(points) == "quality: mIoU (%) / top-1 accuracy (%)"
+
+    out = tmp_path / "out"
+    main(["--uri", uri, "--experiment", "tasks", "--out", str(out)])
+    pareto = read_table(out / "pareto.csv")
+    assert sorted(pareto["model"]) == ["lraspp", "resnet18", "unet"]  # fcn dominated
+    correlations = json.loads((out / "correlations.json").read_text())
+    assert "size_vs_quality" not in correlations  # no common scale for miou and top1
+    assert correlations["size_vs_quality_miou"]["n"] == 3
+    assert correlations["size_vs_quality_top1"]["n"] == 1
+    assert "size_bytes vs quality (miou)" in (out / "correlations.md").read_text()
+    assert (out / "accuracy_vs_latency.png").exists()
+    assert not (out / "size_vs_accuracy.png").exists()

@@ -88,6 +88,15 @@ def test_sparse_formats_are_asked_only_of_pruned_models():
         (["search.sampler=random"], "nsga2, tpe"),
         (["search.space.amount.prune=[0.5,1.5]"], "within"),
         (["search.space.compression=[none,zip]"], "zip"),
+        # a segmentation dataset: top-1 means nothing there, nor do classifiers
+        (
+            ["dataset=digit_canvases", "search.space.model=[unet]", "search.metrics=[top1,macs]"],
+            "min_quality",
+        ),
+        (
+            ["dataset=digit_canvases", "search.metrics=[quality,latency_ms_median]"],
+            "model=resnet18 is a classification network",
+        ),
     ],
 )
 def test_bad_search_config_is_rejected_naming_the_value(bad, message):
@@ -126,9 +135,13 @@ def test_best_is_offered_to_metaschedule_only():
 
 def test_constraints_known_after_compression_stop_the_point():
     check = gate(OmegaConf.create({"min_top1": 90.0, "max_size_bytes": 1e6}))
-    assert "min_top1" in check({"top1": 80.0, "size_bytes": 1.0})
-    assert "max_size_bytes" in check({"top1": 95.0, "size_bytes": 2e6})
-    assert check({"top1": 95.0, "size_bytes": 1e5}) is None
+    assert "min_top1" in check({"quality": 80.0, "top1": 80.0, "size_bytes": 1.0})
+    assert "max_size_bytes" in check({"quality": 95.0, "top1": 95.0, "size_bytes": 2e6})
+    assert check({"quality": 95.0, "top1": 95.0, "size_bytes": 1e5}) is None
+    # min_quality is the task's own metric: a segmentation point's mIoU, no top1 needed
+    check = gate(OmegaConf.create({"min_quality": 50.0, "max_size_bytes": None}))
+    assert "min_quality 50.0" in check({"quality": 42.0, "miou": 42.0, "size_bytes": 1.0})
+    assert check({"quality": 61.0, "miou": 61.0, "size_bytes": 1.0}) is None
 
 
 def _search_args(workdir, *extra):

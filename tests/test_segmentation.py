@@ -52,6 +52,9 @@ def _finished(workdir, *extra: str) -> dict[str, float]:
     (run,) = runs(workdir["uri"])
     assert run.info.status == "FINISHED"
     assert run.data.params[schema.COMPUTE_DTYPE] == "int8"
+    # what the report and the search read to put the point on its task's axis
+    assert run.data.params[schema.TASK] == "segmentation"
+    assert run.data.params[schema.QUALITY_METRIC] == "miou"
     return run.data.metrics
 
 

@@ -20,4 +20,10 @@ def get_datamodule(name: str, **kwargs) -> ImageClassificationData:
     return DATASETS.build(name, **kwargs)
 
 
-__all__ = ["DATASETS", "ImageClassificationData", "get_datamodule"]
+def task_of(name: str) -> str:
+    """The problem space of dataset ``name``, known without loading anything: a class
+    attribute of its datamodule (what a search checks its objectives against)."""
+    return getattr(DATASETS.get(name), "task", "classification")
+
+
+__all__ = ["DATASETS", "ImageClassificationData", "get_datamodule", "task_of"]

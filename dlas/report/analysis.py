@@ -44,8 +44,40 @@ UPSTREAM = ("dataset", "model", "compression", "amount")
 # name -> (x column, y column, count each compressed model once)
 CORRELATIONS: dict[str, tuple[str, str, bool]] = {
     "size_vs_latency": ("size_bytes", "latency_ms", False),
-    "size_vs_top1": ("size_bytes", "top1", True),
+    "size_vs_quality": ("size_bytes", "quality", True),
 }
+
+#: how each task's quality metric (``dlas.training.tasks``) is written on an axis
+QUALITY_LABELS = {
+    "top1": "top-1 accuracy (%)",
+    "miou": "mIoU (%)",
+}
+
+
+def with_quality(points: pd.DataFrame) -> pd.DataFrame:
+    """``points`` with its task columns; a frame made by hand (a notebook, a test) that
+    has only ``top1`` is read as classification, its quality the top-1."""
+    if {"quality", "task", "quality_metric"} <= set(points.columns):
+        return points
+    points = points.copy()
+    if "quality" not in points.columns:
+        points["quality"] = points["top1"] if "top1" in points.columns else np.nan
+    for column, default in (("task", "classification"), ("quality_metric", "top1")):
+        if column not in points.columns:
+            points[column] = default
+    return points
+
+
+def quality_label(points: pd.DataFrame) -> str:
+    """The quality axis' label: the task's own metric, or each one's when tasks are mixed
+    (one point per dataset keeps its own; fronts are per dataset anyway)."""
+    metrics = (
+        sorted(points["quality_metric"].dropna().unique())
+        if "quality_metric" in points.columns
+        else []
+    )
+    labels = [QUALITY_LABELS.get(m, m) for m in metrics] or [QUALITY_LABELS["top1"]]
+    return labels[0] if len(labels) == 1 else "quality: " + " / ".join(labels)
 
 
 def algorithm_label(algorithm: Any, data_format: Any, compiler: Any) -> str:
@@ -107,7 +139,7 @@ def sort_points(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def pareto_front(
-    df: pd.DataFrame, maximize: str = "top1", minimize: str = "latency_ms"
+    df: pd.DataFrame, maximize: str = "quality", minimize: str = "latency_ms"
 ) -> pd.Series:
     """Boolean mask (indexed like ``df``) of the points no other point beats.
 
@@ -126,9 +158,9 @@ def pareto_front(
 
 
 def pareto_front_per_dataset(
-    df: pd.DataFrame, maximize: str = "top1", minimize: str = "latency_ms"
+    df: pd.DataFrame, maximize: str = "quality", minimize: str = "latency_ms"
 ) -> pd.Series:
-    """:func:`pareto_front` within each dataset: accuracies on different tasks do not compete
+    """:func:`pareto_front` within each dataset: qualities of different tasks do not compete
     (hardware and compiler do: they are the choices the front is about)."""
     if "dataset" not in df.columns:
         return pareto_front(df, maximize, minimize)
@@ -169,21 +201,35 @@ def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def rank_correlations(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Spearman rank correlation of model size with latency and with top-1.
+    """Spearman rank correlation of model size with latency and with quality.
 
     Rank (not linear) correlation because the claim under test is monotone ("a smaller model
     is faster / less accurate"), and latencies span orders of magnitude.
-    Returns ``{"size_vs_latency": {"x", "y", "rho", "p_value", "n"}, "size_vs_top1": {...}}``.
+    Returns ``{"size_vs_latency": {"x", "y", "rho", "p_value", "n"}, "size_vs_quality":
+    {...}}``. Qualities of different tasks (top-1 and mIoU) have no common scale to rank
+    on: a report holding several gets ``size_vs_quality_<metric>`` per metric instead.
     """
+    df = with_quality(df)
     result: dict[str, dict[str, Any]] = {}
     for name, (x, y, per_model) in CORRELATIONS.items():
-        if x in df.columns and y in df.columns:
-            rows = correlation_rows(df, x, y, per_model)
-        else:
-            rows = df.iloc[0:0]
-        rho, p_value = spearman(rows[x].to_numpy(float), rows[y].to_numpy(float))
-        result[name] = {"x": x, "y": y, "rho": rho, "p_value": p_value, "n": len(rows)}
+        if x not in df.columns or y not in df.columns:
+            result[name] = {"x": x, "y": y, "rho": math.nan, "p_value": math.nan, "n": 0}
+            continue
+        metrics = df["quality_metric"].dropna().unique() if "quality_metric" in df else []
+        if y != "quality" or len(metrics) <= 1:
+            result[name] = _spearman_entry(df, x, y, per_model)
+            continue
+        for metric in sorted(metrics):
+            rows = df[df["quality_metric"] == metric]
+            entry = _spearman_entry(rows, x, y, per_model) | {"quality_metric": metric}
+            result[f"{name}_{metric}"] = entry
     return result
+
+
+def _spearman_entry(df: pd.DataFrame, x: str, y: str, per_model: bool) -> dict[str, Any]:
+    rows = correlation_rows(df, x, y, per_model)
+    rho, p_value = spearman(rows[x].to_numpy(float), rows[y].to_numpy(float))
+    return {"x": x, "y": y, "rho": rho, "p_value": p_value, "n": len(rows)}
 
 
 def speedup_matrix(

@@ -24,6 +24,7 @@ from dlas.report.analysis import (
     COMPILER_ORDER,
     correlation_rows,
     order_key,
+    quality_label,
     speedup_panels,
 )
 
@@ -100,15 +101,16 @@ def short_point_name(row: pd.Series) -> str:
 
 
 def accuracy_vs_latency(points: pd.DataFrame, pareto: pd.Series, path: Path) -> Path:
-    """Top-1 against latency for every deployed point, the Pareto front stepped through."""
-    deployed = points.dropna(subset=["latency_ms", "top1"])
+    """Quality (top-1, mIoU: the task's) against latency for every deployed point, the
+    Pareto front of each dataset stepped through."""
+    deployed = points.dropna(subset=["latency_ms", "quality"])
     colors, markers = model_colors(deployed["model"]), compiler_markers(deployed["compiler"])
     fig = Figure(figsize=(9, 5.5))
     ax = fig.subplots()
     for (model, compiler), rows in deployed.groupby(["model", "compiler"]):
         ax.scatter(
             rows["latency_ms"],
-            rows["top1"],
+            rows["quality"],
             color=colors[model],
             marker=markers[compiler],
             s=40,
@@ -117,11 +119,11 @@ def accuracy_vs_latency(points: pd.DataFrame, pareto: pd.Series, path: Path) -> 
         )
     front = deployed[pareto.reindex(deployed.index, fill_value=False)]
     for _, rows in front.groupby("dataset", dropna=False):
-        rows = rows.sort_values(["latency_ms", "top1"])
-        ax.step(rows["latency_ms"], rows["top1"], where="post", color="black", ls="--", lw=1)
+        rows = rows.sort_values(["latency_ms", "quality"])
+        ax.step(rows["latency_ms"], rows["quality"], where="post", color="black", ls="--", lw=1)
     ax.scatter(
         front["latency_ms"],
-        front["top1"],
+        front["quality"],
         s=160,
         facecolors="none",
         edgecolors="black",
@@ -131,7 +133,7 @@ def accuracy_vs_latency(points: pd.DataFrame, pareto: pd.Series, path: Path) -> 
     for _, row in front.iterrows():
         ax.annotate(
             short_point_name(row),
-            (row["latency_ms"], row["top1"]),
+            (row["latency_ms"], row["quality"]),
             xytext=(5, 5),
             textcoords="offset points",
             fontsize=6,
@@ -139,9 +141,9 @@ def accuracy_vs_latency(points: pd.DataFrame, pareto: pd.Series, path: Path) -> 
     ax.set_xscale("log")
     plain_log_ticks(ax.xaxis)
     ax.set_xlabel("latency, median of timed runs (ms, log scale)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel(quality_label(deployed))
     ax.set_title(
-        f"Accuracy vs latency: {len(deployed)} deployed points, "
+        f"Quality vs latency: {len(deployed)} deployed points, "
         f"{len(front)} Pareto-optimal (circled, dashed front)"
     )
     ax.grid(True, which="both", alpha=0.3)
@@ -176,7 +178,7 @@ def size_scatter(
     path: Path,
     log_y: bool = False,
 ) -> Path:
-    """Size against latency or top-1, on exactly the rows the correlation was computed on."""
+    """Size against latency or quality, on exactly the rows the correlation was computed on."""
     x, y = correlation["x"], correlation["y"]
     rows = correlation_rows(points, x, y, per_model)
     colors = model_colors(rows["model"])
@@ -212,8 +214,8 @@ def size_vs_accuracy(points: pd.DataFrame, correlation: dict[str, Any], path: Pa
         points,
         correlation,
         per_model=True,
-        ylabel="top-1 accuracy (%)",
-        title="Model size vs accuracy (each compressed model once)",
+        ylabel=quality_label(points),
+        title="Model size vs quality (each compressed model once)",
         path=path,
     )
 

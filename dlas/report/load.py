@@ -39,9 +39,12 @@ PARAMS = {
     "threads": schema.THREADS,
     "depth": schema.DEPTH,
     "width": schema.WIDTH,
+    "task": schema.TASK,
+    "quality_metric": schema.QUALITY_METRIC,
 }
 NUMERIC_PARAMS = ("amount", "threads", "depth", "width")
 METRICS = {
+    "quality": schema.QUALITY,
     "top1": schema.TOP1,
     "size_bytes": schema.SIZE_BYTES,
     "params": schema.PARAMS,
@@ -105,9 +108,10 @@ def load_points(uri: str, experiment: str, sweep: str | None = None) -> pd.DataF
     Only FINISHED runs count, and of runs sharing a ``dlas.config_hash`` (the same point run
     again) only the newest. Columns: the keys of :data:`PARAMS`, :data:`METRICS` and
     :data:`TAGS`, plus ``label`` (algorithm, ``+csr``/``+bsr`` when sparse; ``n/a`` for
-    non-TVM compilers), ``run_id`` and ``start_time``. ``top1`` is in percent. A run that
-    timed several compiled paths adds ``<compiler>/latency_ms`` and ``<compiler>/speedup``
-    for each (:func:`dlas.report.form_function.compiled_paths` unfolds them).
+    non-TVM compilers), ``run_id`` and ``start_time``. ``top1`` is in percent; ``quality``
+    is the task's own measure (``quality_metric``: top1, miou), the axis fronts are drawn
+    on. A run that timed several compiled paths adds ``<compiler>/latency_ms`` and
+    ``<compiler>/speedup`` for each (:func:`dlas.report.form_function.compiled_paths` unfolds them).
 
     Raises ValueError, naming the experiment (and sweep) and listing the experiments that
     do exist, when there is nothing to report on.
@@ -175,6 +179,11 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
     for tag in PROVENANCE_TAGS:
         points[tag] = _column(runs, f"tags.{tag}")
     points["top1"] = top1_as_percent(points["top1"])
+    # runs logged before there were tasks: classification, quality = top-1
+    old = points["quality_metric"] == ""
+    points.loc[old, "task"] = "classification"
+    points.loc[old, "quality_metric"] = schema.TOP1
+    points["quality"] = points["quality"].where(points["quality"].notna(), points["top1"])
     tvm = points["compiler"].map(uses_algorithms)
     points["label"] = [
         algorithm_label(a, f, c)

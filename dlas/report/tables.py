@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from dlas.report.analysis import with_quality
+
 # points frame column -> table header (plain names: they are also CSV headers)
 POINT_COLUMNS = {
     "dataset": "dataset",
@@ -22,7 +24,9 @@ POINT_COLUMNS = {
     "label": "algorithm",
     "compiler": "compiler",
     "hardware": "hardware",
-    "top1": "top1_%",
+    "task": "task",
+    "quality_metric": "quality_metric",
+    "quality": "quality",
     "size_mb": "size_MB",
     "latency_ms": "latency_ms",
     "speedup": "speedup_vs_eager",
@@ -32,16 +36,22 @@ POINT_COLUMNS = {
 
 
 def points_table(points: pd.DataFrame) -> pd.DataFrame:
-    """The per-point table, in the order of ``points`` (load_points sorts it)."""
-    table = points.assign(size_mb=points["size_bytes"] / 1e6)
+    """The per-point table, in the order of ``points`` (load_points sorts it). ``quality``
+    is in the unit of its ``quality_metric`` (top-1 %, mIoU %)."""
+    table = with_quality(points).assign(size_mb=points["size_bytes"] / 1e6)
     return table[list(POINT_COLUMNS)].rename(columns=POINT_COLUMNS).reset_index(drop=True)
+
+
+def correlation_pair(c: dict[str, Any]) -> str:
+    """``size_bytes vs quality (miou)``: the task named when a report holds several."""
+    return f"{c['x']} vs {c['y']}" + (f" ({c['quality_metric']})" if "quality_metric" in c else "")
 
 
 def correlations_table(correlations: dict[str, dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {
-                "pair": f"{c['x']} vs {c['y']}",
+                "pair": correlation_pair(c),
                 "spearman_rho": c["rho"],
                 "p_value": c["p_value"],
                 "n": c["n"],
@@ -91,14 +101,15 @@ def write_correlations(correlations: dict[str, dict[str, Any]], out_dir: Path) -
     js.write_text(json.dumps(safe, indent=2) + "\n")
     md.write_text(
         "Spearman rank correlation of model size with latency (every deployed point) and with "
-        "top-1 (each compressed model once).\n\n" + to_markdown(correlations_table(correlations))
+        "quality (each compressed model once; per task when a report has several).\n\n"
+        + to_markdown(correlations_table(correlations))
     )
     return [js, md]
 
 
 def describe_correlation(c: dict[str, Any]) -> str:
     """``size_bytes vs latency_ms: Spearman rho = 0.12 (p = 0.63, n = 9)``."""
-    name, n = f"{c['x']} vs {c['y']}", c["n"]
+    name, n = correlation_pair(c), c["n"]
     if math.isnan(c["rho"]):
         return f"{name}: Spearman rho undefined (n = {n}: fewer than 2 points or a constant side)"
     return f"{name}: Spearman rho = {c['rho']:.3f} (p = {c['p_value']:.3g}, n = {n})"

@@ -11,7 +11,12 @@ from pathlib import Path
 import pandas as pd
 
 from dlas.report import figures, form_figures
-from dlas.report.analysis import best_algorithms, pareto_front_per_dataset, rank_correlations
+from dlas.report.analysis import (
+    best_algorithms,
+    pareto_front_per_dataset,
+    rank_correlations,
+    with_quality,
+)
 from dlas.report.form_function import (
     compiled_paths,
     fastest_networks,
@@ -84,18 +89,19 @@ def write_report(points: pd.DataFrame, out_dir: Path | str) -> list[Path]:
     for name in OUTPUTS + FORM_FUNCTION_OUTPUTS:
         (out_dir / name).unlink(missing_ok=True)
 
+    points = with_quality(points)
     written = write_table(points_table(points), out_dir, "points")
     pareto = pareto_front_per_dataset(points)
-    front = points[pareto].sort_values(["latency_ms", "top1"], ascending=[True, False])
+    front = points[pareto].sort_values(["latency_ms", "quality"], ascending=[True, False])
     written += write_table(points_table(front), out_dir, "pareto")
     correlations = rank_correlations(points)
     written += write_correlations(correlations, out_dir)
     written += write_table(best_algorithms(points), out_dir, "best_algorithm")
 
-    if correlations["size_vs_top1"]["n"]:
+    if correlations.get("size_vs_quality", {}).get("n"):  # one task: one quality scale
         written.append(
             figures.size_vs_accuracy(
-                points, correlations["size_vs_top1"], out_dir / "size_vs_accuracy.png"
+                points, correlations["size_vs_quality"], out_dir / "size_vs_accuracy.png"
             )
         )
     if points["latency_ms"].notna().any():

@@ -34,6 +34,7 @@ DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("nsga2", "tpe")
 ANSWERED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 POINT_METRICS = (
+    schema.QUALITY,  # the task's own measure (top1, miou): what a search across tasks compares
     schema.TOP1,
     schema.LATENCY_MS,
     schema.SIZE_BYTES,
@@ -66,6 +67,19 @@ def check_search(cfg: DictConfig) -> None:
     if s.n_trials < 1:
         raise ValueError(f"search.n_trials must be >= 1, got {s.n_trials}")
     check_space(s.space)
+    from dlas.data import task_of
+    from dlas.stack import check_model_fits_task
+
+    task = task_of(cfg.dataset.name)
+    uses_top1 = s.constraints.get("min_top1") is not None or schema.TOP1 in s.metrics
+    if uses_top1 and task != "classification":
+        raise ValueError(
+            f"search asks for top1 (metrics or constraints.min_top1) but dataset="
+            f"{cfg.dataset.name} is a {task} task; use quality and constraints.min_quality "
+            "(its own metric) instead"
+        )
+    for model in s.space.model:
+        check_model_fits_task(model, cfg.dataset.name, task)
 
 
 def storage(url: str) -> optuna.storages.RDBStorage:
@@ -130,10 +144,13 @@ def gate(constraints: Any):
     """Constraints known after compression stop a point before compiling it."""
 
     def check(metrics: dict[str, float]) -> str | None:
-        top1, size = constraints.min_top1, constraints.max_size_bytes
-        got_top1, got_size = metrics[schema.TOP1], metrics[schema.SIZE_BYTES]
-        if top1 is not None and got_top1 < top1:
-            return f"top1 {got_top1:.2f} < search.constraints.min_top1 {top1}"
+        quality, size = constraints.get("min_quality"), constraints.max_size_bytes
+        got_quality, got_size = metrics[schema.QUALITY], metrics[schema.SIZE_BYTES]
+        if quality is not None and got_quality < quality:
+            return f"quality {got_quality:.2f} < search.constraints.min_quality {quality}"
+        top1 = constraints.get("min_top1")
+        if top1 is not None and metrics[schema.TOP1] < top1:
+            return f"top1 {metrics[schema.TOP1]:.2f} < search.constraints.min_top1 {top1}"
         if size is not None and got_size > size:
             return f"size_bytes {got_size:.0f} > max_size_bytes {size:.0f}"
         return None

@@ -24,6 +24,8 @@ COMPILER = "compiler"
 HARDWARE = "hardware"
 THREADS = "threads"  # resolved: the cores the point ran on, not the config's 0
 SEED = "seed"
+TASK = "task"  # the dataset's problem space (dlas.training.tasks)...
+QUALITY_METRIC = "quality_metric"  # ...and the metric its quality is: top1, miou
 DEPTH = "model.depth"  # form-function patterns: blocks per stage
 WIDTH = "model.width"  # form-function patterns: channels of the first stage
 # layers 4-6
