@@ -122,6 +122,35 @@ class VocConf(DatasetConf):
     val_fraction: float = 0.1
 
 
+@dataclass
+class RestorationConf(DatasetConf):
+    """Degraded / clean image pairs (dlas.data.restoration)."""
+
+    image_size: int = ranged(32, ge=28)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+
+
+@dataclass
+class DigitDenoisingConf(RestorationConf):
+    noise_sigma: float = ranged(0.1, gt=0)  # Gaussian std on the [0, 1] intensity scale
+
+
+@dataclass
+class DigitSuperresConf(RestorationConf):
+    scale: int = ranged(2, ge=2)  # bicubic down and back up by this factor
+
+
+@dataclass
+class ImageFolderConf(RestorationConf):
+    root: str | None = None
+    in_channels: int = one_of(1, (1, 3))
+    image_size: int = ranged(64, ge=1)
+    degradation: str = one_of("denoise", ("denoise", "super_resolution"))
+    noise_sigma: float = ranged(0.1, gt=0)
+    scale: int = ranged(2, ge=2)
+
+
 # ---------------------------------------------------------------- layer 2: model
 
 
@@ -144,6 +173,12 @@ class PatternConf(ModelConf):
 class UNetConf(ModelConf):
     depth: int = ranged(3, ge=1)  # levels below full resolution
     width: int = ranged(16, ge=1)  # channels at full resolution (doubling per level)
+
+
+@dataclass
+class DnCNNConf(ModelConf):
+    depth: int = ranged(8, ge=2)  # convolutions (the paper: 17)
+    width: int = ranged(32, ge=1)  # channels of every inner conv (the paper: 64)
 
 
 @dataclass
@@ -321,8 +356,17 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "synthetic": SyntheticConf,
         "digit_canvases": DigitCanvasesConf,
         "voc": VocConf,
+        "digit_denoising": DigitDenoisingConf,
+        "digit_superres": DigitSuperresConf,
+        "image_folder": ImageFolderConf,
     },
-    "model": {"zoo": ModelConf, "pattern": PatternConf, "darts": DartsConf, "unet": UNetConf},
+    "model": {
+        "zoo": ModelConf,
+        "pattern": PatternConf,
+        "darts": DartsConf,
+        "unet": UNetConf,
+        "dncnn": DnCNNConf,
+    },
     "compression": {
         "none": CompressionConf,
         "prune": PruneConf,

@@ -28,6 +28,12 @@ class ConfigError(UserError, ValueError):
     exit_code = 2
 
 
+class TrainingDivergedError(UserError, ArithmeticError):
+    """Training or fine-tuning left a model whose scores are NaN (the loss blew up): the
+    learning rate or optimizer does not suit the task; the run fails instead of logging
+    NaN as a result."""
+
+
 class StoreUnavailableError(UserError, ConnectionError):
     """The MLflow tracking store cannot be reached (or its folder does not exist)."""
 

@@ -78,20 +78,24 @@ class Point:
         return OmegaConf.to_container(self.cfg[group], resolve=True)  # type: ignore[return-value]
 
 
+#: each problem space's preset (dataset and model together), named when a model is misfit
+TASK_PRESETS = {
+    "classification": "the default config",
+    "segmentation": "experiment=segmentation",
+    "restoration": "experiment=denoising or experiment=super_resolution",
+}
+
+
 def check_model_fits_task(model: str, dataset: str, task: str) -> None:
     """A classifier cannot label pixels, nor a segmentation network name a class: say so
-    before anything trains, with the models that do fit."""
+    before anything trains, with the models that do fit and the task's preset."""
     from dlas.models import TASK_OF, models_for
 
     if TASK_OF.get(model, task) != task:
         raise ConfigError(
             f"model={model} is a {TASK_OF[model]} network and dataset={dataset} is a {task} "
-            f"task; valid models for it: {', '.join(models_for(task))}"
-            + (
-                " (or experiment=segmentation: dataset and model together)"
-                if task == "segmentation"
-                else ""
-            )
+            f"task; valid models for it: {', '.join(models_for(task))} "
+            f"(or {TASK_PRESETS[task]}: dataset and model together)"
         )
 
 

@@ -100,8 +100,9 @@ TIMING_METRICS = set(schema.TIMING)
 @pytest.mark.tvm
 @pytest.mark.slow
 def test_a_busy_machine_is_tagged_noisy_or_keeps_the_quiet_ratio(tmp_path: Path, cache: str):
-    _, quiet, _ = deploy(tmp_path / "quiet", cache, hog=False)
-    code, busy, log = deploy(tmp_path / "busy", cache, hog=True)
+    retry = "measure.retries=2"  # debug=tiny_deploy's 0: here the retries are under test
+    _, quiet, _ = deploy(tmp_path / "quiet", cache, retry, hog=False)
+    code, busy, log = deploy(tmp_path / "busy", cache, retry, hog=True)
     assert code == 0 and quiet.info.status == busy.info.status == "FINISHED", log[-3000:]
     for run in (quiet, busy):
         m = run.data.metrics

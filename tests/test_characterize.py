@@ -358,6 +358,7 @@ ENTRY_METRICS = {
     "speedup_bit_serial_act",
     "speedup_bit_serial_both",
     "top1",
+    "quality",
 }
 ARTIFACTS = {
     "config.yaml",

@@ -13,6 +13,7 @@ SEGMENT = [
     "measure.verify_samples=8",
     "measure.repeat=3",
     "measure.number=1",
+    "measure.retries=0",
     "dataset=digit_canvases",
     "dataset.image_size=32",
     "dataset.batch_size=16",

@@ -156,6 +156,25 @@ def test_bad_config_values_are_rejected_before_a_run(workdir, bad, message):
     assert not (Path(workdir["tmp"]) / "mlruns" / "mlflow.db").exists()
 
 
+@pytest.mark.parametrize(
+    "dataset, model",
+    [
+        ("mnist5k", "resnet18"),
+        ("cifar10", "resnet18"),
+        ("digit_canvases", "unet"),
+        ("voc", "unet"),
+        ("digit_denoising", "dncnn"),
+        ("digit_superres", "dncnn"),
+        ("image_folder", "dncnn"),
+    ],
+)
+def test_a_dataset_brings_its_tasks_default_model(dataset, model):
+    """``python train.py dataset=<x>`` trains the task's default model; a model given
+    on the command line still wins (and is checked against the task)."""
+    assert compose(f"dataset={dataset}").model.name == model
+    assert compose(f"dataset={dataset}", "model=vgg16").model.name == "vgg16"
+
+
 def test_group_choice_errors_list_valid_options(workdir):
     result = run_entry("train.py", *overrides(workdir, "model=resnet19"), timeout=120)
     for name in ("resnet18", "vgg16", "mobilenet_v2", "densenet121"):

@@ -28,8 +28,9 @@ from dlas.data import ImageClassificationData
 from dlas.hardware.cores import computing
 from dlas.identity import point_key
 from dlas.report.tables import write_table
-from dlas.stack import Point, point_hash, point_run, previous_result, validated
-from dlas.tracking import flatten
+from dlas.stack import Point, point_hash, point_run, previous_result, quality_of, validated
+from dlas.tracking import flatten, schema
+from dlas.training.tasks import get_task
 
 log = logging.getLogger("dlas.characterize")
 ENTRY = "characterize"
@@ -132,8 +133,10 @@ def _characterize_point(
             booth=settings.booth,
             baseline_bits=settings.baseline_bits,
         )
+        task = get_task(point.data.task)
         metrics = result.network | {
-            "top1": compressed.meta["top1"],
+            **{metric: compressed.meta[metric] for metric in task.metrics},  # top1 / miou / psnr
+            schema.QUALITY: quality_of(compressed.meta, task),
             "train_cache_hit": float(train_hit),
             "cache_hit": float(compress_hit),
         }

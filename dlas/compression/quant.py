@@ -34,7 +34,11 @@ def split_reused_modules(gm: fx.GraphModule) -> fx.GraphModule:
         if node.op != "call_function" or not stack:
             continue
         key, (fqn, cls) = list(stack.items())[-1]
-        mine = next((label[a] for a in node.all_input_nodes if label.get(a, ("",))[0] == fqn), None)
+        # inputs not labelled (placeholders, weights) belong to no call, not even the root's
+        # (fqn ""): a top-level ``x + net(x)`` must not read its placeholder as a call
+        mine = next(
+            (label[a] for a in node.all_input_nodes if a in label and label[a][0] == fqn), None
+        )
         if mine is None:
             mine = (fqn, calls.get(fqn, 0))
             calls[fqn] = mine[1] + 1

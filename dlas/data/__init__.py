@@ -6,12 +6,24 @@ from dlas.data.base import ImageClassificationData
 from dlas.data.cifar10 import Cifar10
 from dlas.data.imagenet import ImageNet
 from dlas.data.packaged import Digits, Mnist5k
+from dlas.data.restoration import DigitDenoising, DigitSuperResolution, ImageFolder
 from dlas.data.segmentation import DigitCanvases, Voc
 from dlas.data.synthetic import Synthetic
 from dlas.registry import Registry
 
 DATASETS: Registry[ImageClassificationData] = Registry("dataset")
-for _cls in (Mnist5k, Digits, Cifar10, ImageNet, Synthetic, DigitCanvases, Voc):
+for _cls in (
+    Mnist5k,
+    Digits,
+    Cifar10,
+    ImageNet,
+    Synthetic,
+    DigitCanvases,
+    Voc,
+    DigitDenoising,
+    DigitSuperResolution,
+    ImageFolder,
+):
     DATASETS.register(_cls.name)(_cls)
 
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from dlas.models.darts import build_darts_model
 from dlas.models.patterns import PATTERNS, build_pattern_model
+from dlas.models.restoration import build_dncnn
 from dlas.models.segmentation import SEGMENTATION_ZOO, build_segmentation_zoo_model, build_unet
 from dlas.models.zoo import ZOO, build_zoo_model
 from dlas.registry import Registry
@@ -23,11 +24,14 @@ MODELS.register("darts")(build_darts_model)
 for _name in SEGMENTATION_ZOO:
     MODELS.register(_name)(partial(build_segmentation_zoo_model, _name))
 MODELS.register("unet")(build_unet)
+MODELS.register("dncnn")(build_dncnn)
 
 #: the problem space each model is built for (a classifier cannot label pixels)
-TASK_OF: dict[str, str] = {name: "classification" for name in MODELS.names()} | {
-    name: "segmentation" for name in (*SEGMENTATION_ZOO, "unet")
-}
+TASK_OF: dict[str, str] = (
+    {name: "classification" for name in MODELS.names()}
+    | {name: "segmentation" for name in (*SEGMENTATION_ZOO, "unet")}
+    | {"dncnn": "restoration"}
+)
 
 
 def models_for(task: str) -> list[str]:
@@ -45,7 +49,7 @@ def get_model(
     """Build model ``name`` for ``num_classes`` classes on ``in_channels`` x ``input_size``²
         images. Extra keyword arguments go to the family's builder (``pretrained``, ``stem``;
     ``depth``, ``width``, ``stages`` for the pattern families; ``depth``, ``width`` for
-    ``darts``)."""
+    ``darts``, ``unet`` and ``dncnn``)."""
     return MODELS.build(
         name, num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs
     )

@@ -51,6 +51,7 @@ CORRELATIONS: dict[str, tuple[str, str, bool]] = {
 QUALITY_LABELS = {
     "top1": "top-1 accuracy (%)",
     "miou": "mIoU (%)",
+    "psnr": "PSNR (dB)",
 }
 
 

@@ -4,7 +4,7 @@ Why one table: training, fine-tuning after compression, evaluation, the report's
 accuracy axis, the Pareto front and the search all need to know how a model is scored,
 and that depends only on the problem space (layer 1), never on the model, compression
 or compiler. Each task names its own metrics (logged under those names, in the units
-people quote: percent for accuracies and IoU, dB for PSNR) and one of them as
+people quote: percent for accuracies and IoU, dB for PSNR, SSIM in [0, 1]) and one of them as
 ``quality``, higher is better, so that a front or a search compares across tasks.
 
 The metrics are torchmetrics' (the same formulas everyone else's numbers come from),
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 #: Builds one metric for a dataset: ``(num_classes, ignore_index) -> Metric``.
 MetricFactory = Callable[[int, int | None], Metric]
@@ -84,6 +85,11 @@ def _segmentation_loss(
     )
 
 
+def _restoration_loss(output: torch.Tensor, target: torch.Tensor, **_: object) -> torch.Tensor:
+    """Mean squared error on the [0, 1] intensity scale: what PSNR is a log of."""
+    return F.mse_loss(output, target)
+
+
 def _top(k: int) -> MetricFactory:
     def make(num_classes: int, _ignore: int | None) -> Metric:
         return MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average="micro")
@@ -101,6 +107,16 @@ def _pixel_accuracy(num_classes: int, ignore_index: int | None) -> Metric:
     )
 
 
+def _psnr(_classes: int, _ignore: int | None) -> Metric:
+    """PSNR of the whole split (its pooled mean squared error), in dB, intensities in [0, 1]."""
+    return PeakSignalNoiseRatio(data_range=1.0)
+
+
+def _ssim(_classes: int, _ignore: int | None) -> Metric:
+    """Mean SSIM over the images (Gaussian window 11, sigma 1.5: Wang et al.'s settings)."""
+    return StructuralSimilarityIndexMeasure(data_range=1.0)
+
+
 CLASSIFICATION = Task(
     "classification",
     _classification_loss,
@@ -116,7 +132,15 @@ SEGMENTATION = Task(
     progress="miou",
 )
 
-TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFICATION, SEGMENTATION)}
+RESTORATION = Task(
+    "restoration",
+    _restoration_loss,
+    {"psnr": (_psnr, 1.0), "ssim": (_ssim, 1.0)},
+    quality="psnr",
+    progress="psnr",
+)
+
+TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFICATION, SEGMENTATION, RESTORATION)}
 
 
 def get_task(name: str) -> Task:
